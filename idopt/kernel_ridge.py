@@ -60,7 +60,7 @@ def median_bandwidth(x: np.ndarray) -> float:
     upper = sq[np.triu_indices(sq.shape[0], k=1)]
     if upper.size == 0:
         return 1.0
-    median = float(np.sqrt(np.median(upper)))
+    median = float(np.median(np.sqrt(upper)))
     return median if median > 0 else 1.0
 
 

@@ -1,0 +1,110 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from gradients.config import SelectConfig
+from gradients.outputs import write_outputs
+from gradients.pipeline import run_selection
+from idopt.errors import InvalidInputError
+from tests.tiny_models import tiny_model
+from tests.tiny_tokenizer import tiny_chat_tokenizer
+
+WORDS = ["apples", "two", "four", "answer", "count", "today", "plus", "return", "def", "three"]
+
+
+def _write(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return str(path)
+
+
+def _pool_records(n, seed=0):
+    rng = np.random.default_rng(seed)
+    records = []
+    for i in range(n):
+        question = " ".join(rng.choice(WORDS, size=rng.integers(2, 6)))
+        answer = " ".join(rng.choice(WORDS, size=rng.integers(1, 4)))
+        records.append({"id": f"p{i}", "source": f"task{i % 3}", "prompt": question, "completion": answer})
+    return records
+
+
+@pytest.fixture()
+def tiny_setup(tmp_path):
+    tokenizer = tiny_chat_tokenizer()
+    model = tiny_model("llama", layers=3, vocab_size=len(tokenizer))
+    pool = _write(tmp_path / "pool.jsonl", _pool_records(30))
+    target = _write(
+        tmp_path / "target.jsonl",
+        [
+            {"id": "t0", "source": "goal_a", "prompt": "count apples", "completion": "three"},
+            {"id": "t1", "source": "goal_a", "prompt": "two plus two", "completion": "four"},
+            {"id": "t2", "source": "goal_b", "prompt": "def add", "completion": "return"},
+        ],
+    )
+    return model, tokenizer, pool, target
+
+
+def _config(pool, target, out, **overrides):
+    settings = dict(pool=[pool], target=[target], k=6, num_landmarks=30, jvp_blocks=2, proj_dim=64,
+                    grad_batch_size=4, jvp_batch_size=8, output=str(out), max_length=64)
+    settings.update(overrides)
+    return SelectConfig(**settings)
+
+
+def test_pipeline_end_to_end_tiny(tiny_setup, tmp_path):
+    model, tokenizer, pool, target = tiny_setup
+    result = run_selection(_config(pool, target, tmp_path / "out"), model=model, tokenizer=tokenizer)
+    selection = result.selection
+    assert result.target_names == ["goal_a", "goal_b"]
+    assert result.scores.shape == (30, 2)
+    assert len(selection.indices) == 6
+    assert len(set(np.asarray(selection.indices).tolist())) == 6
+    assert (np.asarray(selection.weights) > 0).all()
+
+    out = write_outputs(result, tmp_path / "out", result.originals)
+    lines = (out / "selection.csv").read_text().strip().splitlines()
+    assert lines[0] == "rank,index,sample_id,source,weight,score,target"
+    assert len(lines) == 7
+    selected = [json.loads(line) for line in (out / "selected.jsonl").read_text().splitlines()]
+    assert [s["id"] for s in selected] == [result.pool[i].sample_id for i in selection.indices]
+    assert selected[0]["messages"][-1]["role"] == "assistant"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["settings"]["k"] == 6
+    assert set(summary["seconds_per_stage"]) >= {"jvp_embeddings", "gradients", "propagate", "solve"}
+    assert sum(row["selected"] for row in summary["source_shares"]) == 6
+    assert np.load(out / "scores.npy", allow_pickle=False).shape == (30, 2)
+
+
+def test_pipeline_same_seed_same_selection(tiny_setup, tmp_path):
+    model, tokenizer, pool, target = tiny_setup
+    first = run_selection(_config(pool, target, tmp_path / "a", num_landmarks=12), model=model, tokenizer=tokenizer)
+    again = run_selection(_config(pool, target, tmp_path / "b", num_landmarks=12), model=model, tokenizer=tokenizer)
+    other = run_selection(_config(pool, target, tmp_path / "c", num_landmarks=12, seed=5), model=model, tokenizer=tokenizer)
+    assert np.array_equal(first.selection.indices, again.selection.indices)
+    np.testing.assert_array_equal(first.scores, again.scores)
+    assert not np.array_equal(first.landmark_indices, other.landmark_indices)
+
+
+def test_all_landmarks_reproduce_exact_scores(tiny_setup, tmp_path):
+    """With every pool sample a landmark and a tiny damping, propagated scores equal exact ones."""
+    model, tokenizer, pool, target = tiny_setup
+    config = _config(pool, target, tmp_path / "out", damping=1e-9, num_landmarks=30)
+    result = run_selection(config, model=model, tokenizer=tokenizer)
+    assert np.array_equal(result.landmark_indices, np.arange(30))
+    np.testing.assert_allclose(result.scores, result.landmark_scores, atol=1e-5 * np.abs(result.landmark_scores).max())
+
+
+def test_pipeline_rejects_k_above_pool(tiny_setup, tmp_path):
+    model, tokenizer, pool, target = tiny_setup
+    with pytest.raises(InvalidInputError, match="k=31"):
+        run_selection(_config(pool, target, tmp_path / "out", k=31), model=model, tokenizer=tokenizer)
+
+
+def test_config_rejects_bad_values(tmp_path):
+    with pytest.raises(InvalidInputError, match="aggregate"):
+        SelectConfig(aggregate="max").validate()
+    with pytest.raises(InvalidInputError, match="num_landmarks"):
+        SelectConfig(num_landmarks=0).validate()
+    with pytest.raises(InvalidInputError, match="does not exist"):
+        SelectConfig(pool=[str(tmp_path / "missing.jsonl")]).validate()
