@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from torch.func import functional_call, jvp
+from torch.func import functional_call, jvp, vmap
 from tqdm.auto import tqdm
 
 from gradients.blocks import truncated_base_model
@@ -101,7 +101,11 @@ class JVPEmbedder:
         self.view = truncated_base_model(model, config.num_blocks)
         self.params = {name: p.detach() for name, p in self.view.named_parameters()}
         self.buffers = {name: b for name, b in self.view.named_buffers()}
-        self.directions = random_directions(self.params, config.num_directions, config.seed)
+        directions = random_directions(self.params, config.num_directions, config.seed)
+        # One (T, *shape) tensor per parameter; ``directions`` returns views into it.
+        self._stacked = {name: torch.stack([d[name] for d in directions]) for name in self.params}
+        self._use_vmap = True
+        del directions
         self.hidden_size = int(getattr(model.config, "hidden_size", 0) or getattr(model.config, "n_embd"))
         raw_dim = self.hidden_size * config.num_directions
         self.projection = None
@@ -115,6 +119,12 @@ class JVPEmbedder:
             "JVP embedder: %d blocks, %d directions over %d parameters, output dim %d",
             config.num_blocks, config.num_directions, num_params, self.dim,
         )
+
+    @property
+    def directions(self) -> list[dict[str, torch.Tensor]]:
+        """The T random directions, each a dict parameter name -> tensor of that parameter's shape."""
+        count = self.config.num_directions
+        return [{name: value[t] for name, value in self._stacked.items()} for t in range(count)]
 
     def _hidden_last(self, params: dict, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         output = functional_call(
@@ -135,15 +145,21 @@ class JVPEmbedder:
         device = next(iter(self.params.values())).device
         input_ids = input_ids.to(device)
         attention_mask = attention_mask.to(device)
-        tangents = []
+
+        def tangent_along(direction):
+            return jvp(lambda params: self._hidden_last(params, input_ids, attention_mask), (self.params,), (direction,))[1]
+
         with attention_implementation(self.model, "eager"):
-            for direction in self.directions:
-                _, tangent = jvp(
-                    lambda params: self._hidden_last(params, input_ids, attention_mask),
-                    (self.params,),
-                    (direction,),
-                )
-                tangents.append(tangent.float())
+            if self._use_vmap:
+                try:
+                    # vmap over the directions computes the primal pass once for all T tangents.
+                    stacked = vmap(tangent_along)(self._stacked)
+                    tangents = [stacked[t].float() for t in range(stacked.shape[0])]
+                except RuntimeError as error:
+                    logger.warning("vmap over JVP directions failed (%s); computing one direction at a time", error)
+                    self._use_vmap = False
+            if not self._use_vmap:
+                tangents = [tangent_along(direction).float() for direction in self.directions]
         features = torch.cat(tangents, dim=1)
         if self.projection is not None:
             features = features @ self.projection

@@ -102,3 +102,14 @@ def test_bad_settings_rejected():
         JVPEmbedder(model, JVPConfig(num_directions=0))
     with pytest.raises(InvalidInputError, match="num_layers=9"):
         JVPEmbedder(model, JVPConfig(num_blocks=9))
+
+
+def test_vmap_over_directions_equals_loop():
+    model = tiny_model("llama", layers=2, dtype=torch.float64)
+    ids, mask = _batch()
+    embedder = JVPEmbedder(model, JVPConfig(num_blocks=2, num_directions=3, proj_dim=4096))
+    with torch.no_grad():
+        batched = embedder.embed_batch(ids, mask)
+        embedder._use_vmap = False
+        looped = embedder.embed_batch(ids, mask)
+    torch.testing.assert_close(batched, looped, rtol=1e-10, atol=1e-12)
