@@ -203,6 +203,22 @@ class ParameterMask:
             self._indices_by_device[flat_grads.device] = indices
         return flat_grads.index_select(1, indices)
 
+    def split(self, sizes: list[int]) -> list[torch.Tensor]:
+        """Split the mask over consecutive blocks of the flat vector.
+
+        For blocks of lengths ``sizes`` (summing to N), entry i holds the kept indices that
+        fall in block i, shifted to be local to that block. Concatenating
+        ``block_i[:, split[i]]`` over i gives the same columns as :meth:`apply` on the
+        concatenated vector, without building the (B, N) vector.
+        """
+        if sum(sizes) != self.total_dim:
+            raise InvalidInputError(f"block sizes sum to {sum(sizes)}, but the mask covers {self.total_dim} elements")
+        offsets = torch.tensor([0] + list(sizes)).cumsum(0)
+        bounds = torch.searchsorted(self.indices, offsets)
+        return [
+            self.indices[int(bounds[i]):int(bounds[i + 1])] - int(offsets[i]) for i in range(len(sizes))
+        ]
+
     def __repr__(self) -> str:
         return f"ParameterMask(total_dim={self.total_dim}, size={self.size}, seed={self.seed})"
 

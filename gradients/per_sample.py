@@ -161,6 +161,7 @@ def per_sample_gradients(
     chunk_size = _validate_chunk_size(chunk_size, batch_size)
 
     out_dim = total_dim if mask is None else mask.size
+    local_indices = None if mask is None else mask.split([int(p.numel()) for p in params.values()])
     result = torch.empty(batch_size, out_dim, dtype=torch.float32, device=device)
     with _eval_mode(model):
         for start in range(0, batch_size, chunk_size):
@@ -174,11 +175,21 @@ def per_sample_gradients(
                 grads = _vmap_gradients(model, params, chunk_ids, chunk_labels)
             else:
                 grads = _loop_gradients(model, params, chunk_ids, chunk_labels, lengths[start:stop])
-            flat = torch.cat([g.reshape(stop - start, -1).float() for g in grads], dim=1)
+            rows = stop - start
+            if local_indices is None:
+                blocks = [g.reshape(rows, -1) for g in grads]
+            else:
+                # Masking each parameter's block avoids building the (rows, N) flat gradient.
+                blocks = [
+                    g.reshape(rows, -1).index_select(1, idx.to(g.device)) for g, idx in zip(grads, local_indices)
+                ]
             del grads
-            if mask is not None:
-                flat = mask.apply(flat)
-            _check_finite(flat, start)
+            flat = torch.cat([block.float() for block in blocks], dim=1)
+            del blocks
+            # A finite row norm implies finite entries, so the full scan runs only when a norm is not.
+            norms = torch.linalg.vector_norm(flat, dim=1)
+            if not bool(torch.isfinite(norms).all()):
+                _check_finite(flat, start)
             if normalize:
                 flat = _normalize_rows(flat, start)
             result[start:stop] = flat
