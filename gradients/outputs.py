@@ -39,14 +39,21 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
-def source_shares(pool: list, selected_indices) -> list[dict]:
+def task_of(source: str) -> str:
+    """Return the task of a source name: BIG-bench subtasks "task/subtask" belong to "task"."""
+    return source.split("/", 1)[0]
+
+
+def source_shares(pool: list, selected_indices, by_task: bool = False) -> list[dict]:
     """Return per source: pool count and share, selected count and share, and their ratio.
 
     ratio = (selected share) / (pool share); above 1 means the selection favours that source.
-    Rows are sorted by selected count, then name.
+    With ``by_task`` the subtasks of a task are counted together. Rows are sorted by
+    selected count, then name.
     """
-    pool_counts = Counter(sample.source for sample in pool)
-    picked = Counter(pool[int(i)].source for i in selected_indices)
+    group = task_of if by_task else (lambda source: source)
+    pool_counts = Counter(group(sample.source) for sample in pool)
+    picked = Counter(group(pool[int(i)].source) for i in selected_indices)
     n, k = len(pool), max(len(selected_indices), 1)
     rows = []
     for source, count in pool_counts.items():
@@ -66,8 +73,8 @@ def source_shares(pool: list, selected_indices) -> list[dict]:
 
 def format_share_table(rows: list[dict], limit: int | None = None) -> str:
     """Format :func:`source_shares` rows as a fixed-width text table."""
-    width = max([len("source")] + [len(row["source"]) for row in rows])
-    lines = [f"{'source':<{width}}  {'pool':>5} {'share':>6}  {'picked':>6} {'share':>6}  {'ratio':>5}"]
+    width = max([len("task")] + [len(row["source"]) for row in rows])
+    lines = [f"{'task':<{width}}  {'pool':>5} {'share':>6}  {'picked':>6} {'share':>6}  {'ratio':>5}"]
     shown = rows if limit is None else rows[:limit]
     for row in shown:
         lines.append(
@@ -94,11 +101,12 @@ def write_outputs(result, out_dir: str | Path, original_samples: dict | None = N
         writer = csv.writer(handle)
         writer.writerow(["rank", "index", "sample_id", "source", "weight", "score", "target"])
         for rank, index in enumerate(selection.indices):
-            target = int(selection.picked_by[rank])
+            picker = int(selection.picked_by[rank])
+            # picked_by is -1 when the mean score over the targets chose the sample.
+            target = result.target_names[picker] if picker >= 0 else "mean"
             writer.writerow([
                 rank, int(index), pool[index].sample_id, pool[index].source,
-                repr(float(selection.weights[rank])), repr(float(selection.scores[rank])),
-                result.target_names[target],
+                repr(float(selection.weights[rank])), repr(float(selection.scores[rank])), target,
             ])
 
     if original_samples is not None:
@@ -129,6 +137,7 @@ def write_outputs(result, out_dir: str | Path, original_samples: dict | None = N
         "seconds_per_stage": result.timings,
         "tokenization": result.reports,
         "source_shares": source_shares(pool, selection.indices),
+        "task_shares": source_shares(pool, selection.indices, by_task=True),
         "versions": package_versions(),
     }
     with open(out / "summary.json", "w", encoding="utf-8") as handle:

@@ -112,11 +112,11 @@ def _run_select(args) -> int:
     result = run_selection(config)
     out = write_outputs(result, config.output, result.originals)
 
-    rows = source_shares(result.pool, result.selection.indices)
+    rows = source_shares(result.pool, result.selection.indices, by_task=True)
     total = sum(result.timings.values())
     print(f"\nSelected {len(result.selection.indices)} of {len(result.pool)} pool samples for "
           f"{len(result.target_names)} targets ({', '.join(result.target_names)}) in {total:.0f} s.")
-    print("Share of each source in the pool and in the selection (ratio > 1: favoured):\n")
+    print("Share of each task in the pool and in the selection (ratio > 1: favoured):\n")
     print(format_share_table(rows, limit=25))
     print(f"\nWrote {out}/selection.csv, selected.jsonl and summary.json")
     return 0

@@ -76,6 +76,18 @@ def test_pipeline_end_to_end_tiny(tiny_setup, tmp_path):
     assert np.load(out / "scores.npy", allow_pickle=False).shape == (30, 2)
 
 
+def test_pipeline_mean_aggregate_writes_mean(tiny_setup, tmp_path):
+    model, tokenizer, pool, target = tiny_setup
+    config = _config(pool, target, tmp_path / "out", aggregate="mean", num_landmarks=10)
+    result = run_selection(config, model=model, tokenizer=tokenizer)
+    out = write_outputs(result, tmp_path / "out", result.originals)
+    rows = (out / "selection.csv").read_text().strip().splitlines()[1:]
+    assert len(rows) == 6
+    assert all(row.endswith(",mean") for row in rows)
+    order = np.argsort(-result.scores.mean(axis=1), kind="stable")[:6]
+    assert sorted(np.asarray(result.selection.indices).tolist()) == sorted(order.tolist())
+
+
 def test_pipeline_same_seed_same_selection(tiny_setup, tmp_path):
     model, tokenizer, pool, target = tiny_setup
     first = run_selection(_config(pool, target, tmp_path / "a", num_landmarks=12), model=model, tokenizer=tokenizer)
