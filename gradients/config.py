@@ -25,6 +25,8 @@ class SelectConfig:
     ``projection`` is "hadamard" or "rademacher".
     Landmarks: ``num_landmarks`` pool samples; kernel ridge damping relative to the mean kernel
     diagonal; bandwidth None = median heuristic.
+    Checkpoints: with ``resume`` the JVP embeddings and projected gradients are saved in
+    ``<output>/checkpoints`` and reused by a later run whose inputs are identical.
     """
 
     model: str | None = None
@@ -53,6 +55,7 @@ class SelectConfig:
     bandwidth: float | None = None
     seed: int = 0
     output: str = "runs/select"
+    resume: bool = True
     cache: str | None = None
     extra: dict = field(default_factory=dict)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from gradients.checkpoint import StageCache, model_fingerprint, stage_key, tokens_fingerprint
 from gradients.config import SelectConfig
 from idopt.errors import InvalidInputError
 from idopt.kernel_ridge import KernelRidge, choose_landmarks
@@ -164,12 +166,17 @@ def run_selection(config: SelectConfig, model=None, tokenizer=None) -> Selection
     num_landmarks = min(config.num_landmarks, len(pool))
     pad_id = tokenizer.pad_token_id
 
+    checkpoints = StageCache(Path(config.output) / "checkpoints" if config.resume else None)
+    common = {"model": model_fingerprint(model), "torch": torch.__version__, "max_length": config.max_length}
+    pool_tokens = tokens_fingerprint(pool)
+
     with _stage(timings, "jvp_embeddings"):
-        embedder = JVPEmbedder(
-            model,
-            JVPConfig(config.jvp_blocks, config.jvp_directions, config.jvp_dim, jvp_seed, config.jvp_batch_size),
+        jvp_config = JVPConfig(config.jvp_blocks, config.jvp_directions, config.jvp_dim, jvp_seed, config.jvp_batch_size)
+        embeddings = checkpoints.get_or_compute(
+            "embeddings",
+            stage_key(**common, pool=pool_tokens, jvp=[config.jvp_blocks, config.jvp_directions, config.jvp_dim, jvp_seed]),
+            lambda: JVPEmbedder(model, jvp_config).embed(pool, pad_id),
         )
-        embeddings = embedder.embed(pool, pad_id)
 
     with _stage(timings, "gradients"):
         landmark_indices = choose_landmarks(len(pool), num_landmarks, landmark_seed)
@@ -181,12 +188,24 @@ def run_selection(config: SelectConfig, model=None, tokenizer=None) -> Selection
         projector = make_projector(
             config.projection, grad_dim, config.proj_dim, proj_seed, device=next(model.parameters()).device
         )
-        landmark_grads = project_gradients(
-            model, [pool[i] for i in landmark_indices], params, mask, projector, pad_id,
-            config.grad_batch_size, "landmark gradients",
+        gradient_settings = dict(
+            **common, params=config.params, grad_mask=config.grad_mask, mask_seed=mask_seed,
+            projection=config.projection, proj_dim=config.proj_dim, proj_seed=proj_seed,
         )
-        target_grads = project_gradients(
-            model, targets, params, mask, projector, pad_id, config.grad_batch_size, "target gradients"
+        landmark_samples = [pool[i] for i in landmark_indices]
+        landmark_grads = checkpoints.get_or_compute(
+            "landmark_gradients",
+            stage_key(**gradient_settings, samples=tokens_fingerprint(landmark_samples)),
+            lambda: project_gradients(
+                model, landmark_samples, params, mask, projector, pad_id, config.grad_batch_size, "landmark gradients"
+            ),
+        )
+        target_grads = checkpoints.get_or_compute(
+            "target_gradients",
+            stage_key(**gradient_settings, samples=tokens_fingerprint(targets)),
+            lambda: project_gradients(
+                model, targets, params, mask, projector, pad_id, config.grad_batch_size, "target gradients"
+            ),
         )
         target_rows, target_names = target_matrix(target_grads, targets, config.target_grouping)
 

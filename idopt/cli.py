@@ -1,7 +1,7 @@
 """Command line: ``idopt fetch`` and ``idopt select``.
 
 ``idopt select`` needs the torch extra (``pip install 'idopt[torch]'``); its modules are
-imported only when that command runs, so the solver commands work without torch.
+imported only when that command runs, so ``idopt fetch`` works without torch.
 """
 
 from __future__ import annotations
@@ -84,6 +84,9 @@ def _add_select(sub) -> None:
     method.add_argument("--seed", type=int, default=d.seed, help="seed of landmarks, directions, masks and projections")
 
     parser.add_argument("-o", "--output", default=d.output, help="output folder")
+    parser.add_argument("--no-resume", dest="resume", action="store_false",
+                        help="recompute every stage instead of reusing the checkpoints an earlier run with "
+                             "identical inputs left in <output>/checkpoints")
     parser.add_argument("--cache", help="cache folder (default: $IDOPT_CACHE, else ~/.cache/idopt)")
 
 

@@ -120,3 +120,26 @@ def test_config_rejects_bad_values(tmp_path):
         SelectConfig(num_landmarks=0).validate()
     with pytest.raises(InvalidInputError, match="does not exist"):
         SelectConfig(pool=[str(tmp_path / "missing.jsonl")]).validate()
+
+
+def test_rerun_reuses_checkpoints(tiny_setup, tmp_path, monkeypatch):
+    """A second run with identical inputs loads embeddings and gradients instead of computing them."""
+    import gradients.jvp
+    import gradients.pipeline
+
+    model, tokenizer, pool, target = tiny_setup
+    config = _config(pool, target, tmp_path / "out", num_landmarks=10)
+    first = run_selection(config, model=model, tokenizer=tokenizer)
+    assert (tmp_path / "out" / "checkpoints" / "embeddings.npy").is_file()
+
+    def fail(*args, **kwargs):
+        raise AssertionError("stage recomputed although its checkpoint matches")
+
+    monkeypatch.setattr(gradients.jvp.JVPEmbedder, "embed", fail)
+    monkeypatch.setattr(gradients.pipeline, "project_gradients", fail)
+    again = run_selection(_config(pool, target, tmp_path / "out", num_landmarks=10), model=model, tokenizer=tokenizer)
+    np.testing.assert_array_equal(first.scores, again.scores)
+
+    with pytest.raises(AssertionError, match="recomputed"):
+        run_selection(_config(pool, target, tmp_path / "out", num_landmarks=10, jvp_blocks=1),
+                      model=model, tokenizer=tokenizer)
