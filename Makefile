@@ -33,7 +33,7 @@ test-fast: setup
 	$(VENV)/bin/pytest -q -m "not slow" $(PYTEST_ARGS)
 
 bench: setup
-	for script in benchmarks/bench_*.py; do $(PY) $$script || exit 1; done
+	for script in benchmarks/bench_*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis
