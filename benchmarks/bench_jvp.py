@@ -10,13 +10,12 @@ download is needed and the cost per token is the real one. Embeddings use the fi
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from gradients.jvp import JVPConfig, JVPEmbedder
+from timing import median_seconds
 
 
 def build_model(layers: int) -> LlamaForCausalLM:
@@ -27,16 +26,6 @@ def build_model(layers: int) -> LlamaForCausalLM:
     )
     torch.manual_seed(0)
     return LlamaForCausalLM(config).eval()
-
-
-def median_seconds(function, repeats: int) -> float:
-    function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:

@@ -10,8 +10,6 @@ and its thread count.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 import warnings
 
 import torch
@@ -19,6 +17,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from gradients.params import flat_dim, select_parameters
 from gradients.per_sample import per_sample_gradients
+from timing import median_seconds
 
 
 def build_model(attn_implementation: str) -> LlamaForCausalLM:
@@ -45,16 +44,6 @@ def build_batch(batch_size: int, seq_len: int, vocab_size: int) -> dict[str, tor
     attention_mask = (torch.arange(seq_len) < lengths[:, None]).long()
     labels = input_ids.masked_fill(attention_mask == 0, -100)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-
-
-def median_seconds(function, repeats: int) -> float:
-    function()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:

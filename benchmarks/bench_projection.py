@@ -15,29 +15,12 @@ and on the thread count; they are measurements, not bounds.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from typing import Callable
 
 import torch
 
 from gradients.hadamard import fwht, hadamard_matrix
 from gradients.projection import make_projector
-
-
-def median_seconds(function: Callable[[], object], repeats: int, warmup: bool = True) -> float:
-    """Time ``repeats`` calls of ``function``, after one untimed call if ``warmup``.
-
-    Returns the median wall time in seconds.
-    """
-    if warmup:
-        function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from timing import median_seconds
 
 
 def bench_transform(batch: int, log2_sizes: list[int], repeats: int) -> list[str]:

@@ -2,7 +2,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from gradients.config import SelectConfig
 from gradients.outputs import write_outputs
