@@ -1,4 +1,4 @@
-"""Command line: ``idopt fetch`` and ``idopt select``.
+"""Command line: ``idopt fetch``, ``idopt select`` and ``idopt solve``.
 
 ``idopt select`` needs the torch extra (``pip install 'idopt[torch]'``); its modules are
 imported only when that command runs, so ``idopt fetch`` works without torch.
@@ -125,12 +125,183 @@ def _run_select(args) -> int:
     return 0
 
 
+_METHOD_CHOICES = ("auto", "closed_form", "active_set", "osqp", "cvxpy")
+
+
+def _add_solve(sub) -> None:
+    parser = sub.add_parser(
+        "solve",
+        help="solve the weighting problem for scores (and curvature) saved as .npy files",
+        description=(
+            "Solve  minimize -p^T w + (eta/2c) w^T Q w + (lam/2)||w||^2  s.t.  w >= 0, sum(w) = budget  "
+            "for every column of p (or only --target), with Q dense (--Q) or factored as A^T H A "
+            "(--A, --H). Writes OUT/weights.npy, shape (n,) or (n, m), and OUT/report.json."
+        ),
+    )
+    parser.add_argument("--p", required=True, metavar="P.npy",
+                        help="scores, float array of shape (n,) or (n, m): one column per target, in loss change "
+                             "per unit weight")
+
+    curvature = parser.add_mutually_exclusive_group()
+    curvature.add_argument("--Q", metavar="Q.npy", help="dense symmetric curvature matrix, shape (n, n)")
+    curvature.add_argument("--A", metavar="A.npy", help="factor of Q = A^T H A (or A^T A), shape (r, n)")
+    parser.add_argument("--H", metavar="H.npy", help="symmetric middle factor of Q = A^T H A, shape (r, r); needs --A")
+    parser.add_argument("--eta", type=float, default=None,
+                        help="learning rate eta >= 0 of the weighted step; required with --Q or --A (default 0)")
+
+    regularization = parser.add_mutually_exclusive_group(required=True)
+    regularization.add_argument("--lam", type=float, help="l2 weight lam >= 0 on the weights (0 with no Q: linear program)")
+    regularization.add_argument("--k", type=int,
+                                help="choose lam so that exactly K weights are non-zero (per target)")
+
+    parser.add_argument("--budget", type=float,
+                        help="sum of the weights b > 0 (default n, i.e. average weight 1)")
+    parser.add_argument("--c", type=float, help="pool size dividing the learning rate, > 0 (default n)")
+    parser.add_argument("--method", default="auto", choices=_METHOD_CHOICES,
+                        help="solver; auto: closed form without Q, else active set with OSQP/CVXPY fallback "
+                             "(default auto)")
+    parser.add_argument("--target", type=int, help="solve only this column of p (0-based)")
+    parser.add_argument("-o", "--output", required=True, help="output folder for weights.npy and report.json")
+
+
+def _load_array(path: str | None, option: str):
+    """Load one array from a .npy file without unpickling; None when the option is absent."""
+    import numpy as np
+
+    from idopt.errors import InvalidInputError
+
+    if path is None:
+        return None
+    try:
+        array = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise InvalidInputError(f"{option}: file not found: {path}") from None
+    except ValueError as error:
+        # numpy raises ValueError for object (pickled) arrays when allow_pickle=False.
+        raise InvalidInputError(
+            f"{option}: cannot read {path} as a numeric .npy array ({error}); save it with "
+            "np.save(path, np.asarray(x, dtype=np.float64))"
+        ) from None
+    except OSError as error:
+        raise InvalidInputError(f"{option}: cannot read {path}: {error}") from None
+    if not isinstance(array, np.ndarray):
+        array.close()
+        raise InvalidInputError(f"{option}: {path} is an .npz archive; pass a .npy file with one array")
+    return array
+
+
+def _solution_report(solution, target: int) -> dict:
+    certificate = solution.certificate
+    entry = {
+        "target": target,
+        "status": solution.status.value,
+        "objective": solution.objective,
+        "lam": solution.lam,
+        "budget": solution.budget,
+        "support_size": solution.support_size,
+        "wall_time_s": solution.wall_time_s,
+        "method": solution.method,
+        "iterations": solution.iterations,
+        "kkt": {
+            "stationarity": certificate.stationarity,
+            "primal_feasibility": certificate.primal_feasibility,
+            "dual_feasibility": certificate.dual_feasibility,
+            "complementarity": certificate.complementarity,
+            "max_residual": certificate.max_residual,
+            "nu": certificate.nu,
+        },
+    }
+    if "fallback_from" in solution.extras:
+        entry["fallback_from"] = list(solution.extras["fallback_from"])
+    return entry
+
+
+def _json_safe(value):
+    """Replace non-finite floats (not valid JSON) with None, recursively."""
+    import math
+
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(item) for item in value]
+    return value
+
+
+def _run_solve(args) -> int:
+    import json
+    from pathlib import Path
+
+    import numpy as np
+
+    from idopt.errors import InvalidInputError
+    from idopt.lam_search import lam_for_support
+    from idopt.problem import WeightingProblem
+    from idopt.solve import solve
+
+    if args.H is not None and args.A is None:
+        raise InvalidInputError("--H needs --A (Q = A^T H A)")
+    has_curvature = args.Q is not None or args.A is not None
+    if has_curvature and args.eta is None:
+        raise InvalidInputError("--eta (the learning rate) is required with --Q or --A")
+    p = _load_array(args.p, "--p")
+    problem = WeightingProblem.create(
+        p,
+        0.0 if args.lam is None else args.lam,
+        eta=0.0 if args.eta is None else args.eta,
+        c=args.c,
+        budget=args.budget,
+        Q=_load_array(args.Q, "--Q"),
+        A=_load_array(args.A, "--A"),
+        H=_load_array(args.H, "--H"),
+        # With --k the lam is chosen later; the convexity check then runs for that lam.
+        check_psd=args.lam is not None,
+    )
+    targets = [args.target] if args.target is not None else list(range(problem.num_targets))
+    for target in targets:
+        problem.column(target)
+
+    try:
+        entries, columns = [], []
+        for target in targets:
+            if args.k is None:
+                solution = solve(problem, args.method, target=target)
+                entry = _solution_report(solution, target)
+            else:
+                search = lam_for_support(problem, args.k, target=target, method=args.method)
+                solution = search.solution
+                entry = _solution_report(solution, target)
+                entry.update(k=args.k, exact=search.exact, search=search.reason, evaluations=search.evaluations)
+            entries.append(entry)
+            columns.append(solution.w)
+    except ImportError as error:
+        raise InvalidInputError(str(error)) from error
+
+    weights = columns[0] if (p.ndim == 1 or args.target is not None) else np.column_stack(columns)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / "weights.npy", weights)
+    report = {"n": problem.n, "method_requested": args.method, "eta": problem.eta, "c": problem.c, "targets": entries}
+    (out / "report.json").write_text(json.dumps(_json_safe(report), indent=2, allow_nan=False) + "\n")
+
+    for entry in entries:
+        print(
+            f"target {entry['target']}: {entry['status']}, {entry['support_size']} non-zero weights, "
+            f"lam={entry['lam']:.6g}, objective={entry['objective']:.6g}, "
+            f"max KKT residual={entry['kkt']['max_residual']:.1e} ({entry['method']})"
+        )
+    print(f"Wrote {out / 'weights.npy'} and {out / 'report.json'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``idopt`` command."""
     parser = argparse.ArgumentParser(prog="idopt", description="Influence Distillation: data selection for fine-tuning.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_fetch(sub)
+    _add_solve(sub)
     try:
         _add_select(sub)
     except ImportError as error:
@@ -144,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose + 1, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    handlers = {"fetch": _run_fetch, "select": _run_select}
+    handlers = {"fetch": _run_fetch, "select": _run_select, "solve": _run_solve}
     try:
         return handlers[args.command](args)
     except IdoptError as error:
