@@ -140,7 +140,8 @@ def _check_messages(messages: Any, where: str) -> list[dict[str, str]]:
             )
         checked.append({"role": role, "content": content})
     if not any(message["role"] == "assistant" for message in checked):
-        raise InvalidInputError(f"{where}: 'messages' has no assistant message to train on")
+        # Kept: tokenization gives it no label token, so it is excluded and reported by id.
+        logger.warning("%s: 'messages' has no assistant message, so the sample has nothing to train on", where)
     return checked
 
 
@@ -157,7 +158,8 @@ def record_messages(record: Mapping[str, Any], where: str) -> list[dict[str, str
     Returns
     -------
     list of dict
-        ``[{"role", "content"}, ...]`` with at least one assistant message.
+        ``[{"role", "content"}, ...]``. A conversation without an assistant message is
+        returned with a logged warning; tokenization then excludes it and reports its id.
 
     Raises
     ------
@@ -241,7 +243,7 @@ def records_to_samples(
     samples = []
     first_index_of_id: dict[str, int] = {}
     for index, record in enumerate(records):
-        where = f"{origin}, record {index}"
+        where = f"{origin}, record {index + 1}"
         messages = record_messages(record, where)
 
         if source is not None:
@@ -265,7 +267,7 @@ def records_to_samples(
 
         if sample_id in first_index_of_id:
             raise InvalidInputError(
-                f"{where}: id {sample_id!r} already used by record {first_index_of_id[sample_id]}; "
+                f"{where}: id {sample_id!r} already used by record {first_index_of_id[sample_id] + 1}; "
                 "ids must be unique (pass id_field= to use another field)"
             )
         first_index_of_id[sample_id] = index
@@ -481,7 +483,7 @@ def load_humaneval(path: str | Path) -> list[Sample]:
         raise InvalidInputError(f"path {str(path)!r} does not exist or is not a file")
     samples = []
     for index, record in enumerate(_iter_jsonl(path)):
-        where = f"{path}, record {index}"
+        where = f"{path}, record {index + 1}"
         for name in ("task_id", "prompt", "canonical_solution"):
             if not isinstance(record, Mapping) or not isinstance(record.get(name), str):
                 raise InvalidInputError(f"{where}: missing the string field {name!r} of HumanEval")

@@ -8,6 +8,7 @@ first load writes a plain safetensors copy into the cache and later loads read t
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import shutil
 import tempfile
@@ -20,6 +21,7 @@ from idopt.errors import InvalidInputError
 
 logger = logging.getLogger(__name__)
 
+GGUF_MAGIC = b"GGUF"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -109,10 +111,11 @@ def load_model(
     Parameters
     ----------
     model
-        A local folder with safetensors weights, a folder holding ``gguf_file``, or None for the
-        default SmolLM2-135M-Instruct from the fetched assets.
+        A local folder with safetensors weights, a ``.gguf`` file, a folder holding ``gguf_file``,
+        or None for the default SmolLM2-135M-Instruct from the fetched assets.
     gguf_file
-        File name of a GGUF checkpoint inside ``model``; it is dequantized on load.
+        File name of a GGUF checkpoint inside ``model``. A GGUF checkpoint is dequantized once
+        and its safetensors copy is kept in the cache (see :func:`resolve_model_dir`).
     dtype
         Parameter dtype: "float32" (default, needed for exact CPU results) or "bfloat16" on GPUs.
     attn_implementation
@@ -131,34 +134,71 @@ def load_model(
 
     torch_dtype = resolve_dtype(dtype)
     target_device = resolve_device(device)
-    if model is None:
-        source = default_model_dir(cache)
-        kwargs = {}
-    else:
-        source = Path(model)
-        if not source.exists():
-            raise InvalidInputError(
-                f"model={str(model)!r} does not exist; pass a local model folder "
-                "(the Hugging Face hub is not used) or omit it for the default model"
-            )
-        kwargs = {"gguf_file": gguf_file} if gguf_file else {}
-        if source.is_file() and source.suffix == ".gguf":
-            source, kwargs = source.parent, {"gguf_file": source.name}
+    source = default_model_dir(cache) if model is None else resolve_model_dir(model, gguf_file, cache)
     logger.info("Loading model from %s (%s, %s)", source, torch_dtype, target_device)
-    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, **kwargs)
-    lm = AutoModelForCausalLM.from_pretrained(
-        source,
-        dtype=torch_dtype,
-        attn_implementation=attn_implementation,
-        trust_remote_code=trust_remote_code,
-        use_safetensors=None if kwargs else True,
-        **kwargs,
-    )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        lm = AutoModelForCausalLM.from_pretrained(
+            source,
+            dtype=torch_dtype,
+            attn_implementation=attn_implementation,
+            trust_remote_code=trust_remote_code,
+            use_safetensors=True,
+        )
+    except (OSError, ValueError) as error:
+        raise InvalidInputError(
+            f"could not load a causal language model from {source}: {error}. Pass a folder written by "
+            "save_pretrained (config.json, tokenizer files and safetensors weights) or a .gguf file"
+        ) from error
     lm.to(target_device)
     lm.eval()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return lm, tokenizer
+
+
+def _is_gguf(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(4) == GGUF_MAGIC
+
+
+def resolve_model_dir(model: str | Path, gguf_file: str | None = None, cache: str | Path | None = None) -> Path:
+    """Return a safetensors model folder for ``model``, converting a GGUF file once into the cache.
+
+    ``model`` is a folder written by ``save_pretrained``, a ``.gguf`` file, or a folder that
+    holds ``gguf_file``. A GGUF checkpoint is dequantized on first use into
+    ``<cache>/models/<file stem>-<key>``, where the key hashes the file's path, size and
+    modification time, so later runs load the safetensors copy.
+    """
+    from gradients.assets import cache_dir
+
+    path = Path(model).expanduser()
+    if gguf_file is not None:
+        path = path / gguf_file
+    if not path.exists():
+        raise InvalidInputError(
+            f"model path {str(path)!r} does not exist; pass a local model folder or .gguf file "
+            "(the Hugging Face hub is not used), or omit --model for the default SmolLM2-135M-Instruct"
+        )
+    if path.is_file():
+        if not _is_gguf(path):
+            raise InvalidInputError(
+                f"{str(path)!r} is a file but not a GGUF checkpoint (it does not start with b'GGUF'); pass a "
+                "model folder written by save_pretrained or a .gguf file"
+            )
+        stat = path.stat()
+        key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+        root = Path(cache) if cache is not None else cache_dir()
+        out_dir = root / "models" / f"{path.stem}-{key}"
+        if (out_dir / "model.safetensors").is_file() or (out_dir / "model.safetensors.index.json").is_file():
+            return out_dir
+        return convert_gguf(path, out_dir)
+    if not (path / "config.json").is_file():
+        raise InvalidInputError(
+            f"model folder {str(path)!r} has no config.json; pass a folder written by save_pretrained "
+            "(safetensors weights), a .gguf file, or a folder with --gguf-file NAME"
+        )
+    return path
 
 
 @contextlib.contextmanager

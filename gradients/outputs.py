@@ -130,14 +130,18 @@ def write_outputs(result, out_dir: str | Path, original_samples: dict | None = N
         "settings": result.config.to_dict(),
         "seed": result.config.seed,
         "pool_size": len(pool),
-        "num_targets": len(result.targets),
+        "num_target_samples": len(result.targets),
+        "num_targets": len(result.target_names),
         "target_names": result.target_names,
         "num_landmarks": int(len(result.landmark_indices)),
         "k": int(len(selection.indices)),
         "seconds_per_stage": result.timings,
         "tokenization": result.reports,
         "source_shares": source_shares(pool, selection.indices),
-        "task_shares": source_shares(pool, selection.indices, by_task=True),
+        "task_shares": [
+            {("task" if key == "source" else key): value for key, value in row.items()}
+            for row in source_shares(pool, selection.indices, by_task=True)
+        ],
         "versions": package_versions(),
     }
     with open(out / "summary.json", "w", encoding="utf-8") as handle:

@@ -146,24 +146,34 @@ def run_selection(config: SelectConfig, model=None, tokenizer=None) -> Selection
     landmark_seed, mask_seed, proj_seed, jvp_seed = (int(s.generate_state(1)[0]) for s in seeds)
 
     with _stage(timings, "load"):
+        # Data first: a malformed file fails before the model load.
+        pool_samples, target_samples = load_samples_for(config)
         if model is None or tokenizer is None:
             model, tokenizer = load_model(
                 config.model, gguf_file=config.gguf_file, dtype=config.dtype, device=config.device, cache=config.cache
             )
-        pool_samples, target_samples = load_samples_for(config)
+        # Checked here so that a bad --params fails before the JVP stage.
+        params = select_parameters(model, config.params)
 
     with _stage(timings, "tokenize"):
         pool_report = tokenize_samples(pool_samples, tokenizer, config.max_length)
         target_report = tokenize_samples(target_samples, tokenizer, config.max_length)
         pool, targets = list(pool_report.kept), list(target_report.kept)
-        if not pool or not targets:
-            raise InvalidInputError(
-                f"no samples left after tokenization (pool {len(pool)}, target {len(targets)}); "
-                f"increase max_length={config.max_length} or check the data has assistant turns"
-            )
+        for name, kept, total in (("pool", pool, pool_samples), ("target", targets, target_samples)):
+            if not kept:
+                raise InvalidInputError(
+                    f"no {name} sample has an assistant token left after tokenization ({len(total)} loaded); "
+                    f"increase max_length={config.max_length} (the chat template adds a system prompt of "
+                    "about 20 tokens) or give the samples assistant answers"
+                )
     if config.k > len(pool):
         raise InvalidInputError(f"k={config.k} exceeds the {len(pool)} usable pool samples; lower k")
     num_landmarks = min(config.num_landmarks, len(pool))
+    if num_landmarks < config.num_landmarks:
+        logger.warning(
+            "num_landmarks=%d exceeds the %d usable pool samples; using every pool sample as a landmark",
+            config.num_landmarks, len(pool),
+        )
     pad_id = tokenizer.pad_token_id
 
     checkpoints = StageCache(Path(config.output) / "checkpoints" if config.resume else None)
@@ -180,7 +190,6 @@ def run_selection(config: SelectConfig, model=None, tokenizer=None) -> Selection
 
     with _stage(timings, "gradients"):
         landmark_indices = choose_landmarks(len(pool), num_landmarks, landmark_seed)
-        params = select_parameters(model, config.params)
         mask = None
         if config.grad_mask is not None:
             mask = ParameterMask.for_params(params, count=config.grad_mask, seed=mask_seed)

@@ -15,6 +15,18 @@ from idopt.errors import IdoptError
 logger = logging.getLogger(__name__)
 
 
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Append "(default: X)" to an option's help, except when X is None or the option is a flag."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default in (None, True, False) or action.default is argparse.SUPPRESS or "%(default)" in text:
+            return text
+        if action.option_strings:
+            return text + " (default: %(default)s)"
+        return text
+
+
 def _add_fetch(sub) -> None:
     parser = sub.add_parser(
         "fetch",
@@ -43,7 +55,7 @@ def _add_select(sub) -> None:
             "and exact first-order weights with k non-zeros. Without --pool and --target it runs on "
             "the built-in BIG-bench + HumanEval default (run `idopt fetch` first)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsFormatter,
     )
     data = parser.add_argument_group("data")
     data.add_argument("--pool", nargs="+", help="pool files: JSONL, JSON, parquet or a saved datasets folder")
@@ -54,7 +66,8 @@ def _add_select(sub) -> None:
     data.add_argument("--max-length", type=int, default=d.max_length, help="maximum tokens per sample; longer ones are truncated")
 
     model = parser.add_argument_group("model")
-    model.add_argument("--model", help="local model folder (safetensors) or .gguf file; default SmolLM2-135M-Instruct")
+    model.add_argument("--model", help="local model folder (safetensors) or .gguf file (dequantized once into the cache); "
+                       "default SmolLM2-135M-Instruct")
     model.add_argument("--gguf-file", help="GGUF file name inside --model")
     model.add_argument("--dtype", default=d.dtype, choices=["float32", "bfloat16", "float16"], help="parameter dtype")
     model.add_argument("--device", default=d.device, help="torch device (default: cuda if available, else cpu)")
@@ -62,7 +75,8 @@ def _add_select(sub) -> None:
     method = parser.add_argument_group("method")
     method.add_argument("-k", "--k", type=int, default=d.k, help="number of samples to select")
     method.add_argument("--aggregate", default=d.aggregate, choices=["round_robin", "mean"],
-                        help="how targets share the selection")
+                        help="round_robin: targets take turns picking their best remaining sample; "
+                             "mean: select by the mean score over targets")
     method.add_argument("--target-grouping", default=d.target_grouping, choices=["source", "sample"],
                         help="one target per source task (mean gradient) or per target sample")
     method.add_argument("--num-landmarks", type=int, default=d.num_landmarks, help="landmark samples with exact gradients")
@@ -298,7 +312,7 @@ def _run_solve(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``idopt`` command."""
     parser = argparse.ArgumentParser(prog="idopt", description="Influence Distillation: data selection for fine-tuning.")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="show debug log output (progress and INFO messages are shown without it)")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_fetch(sub)
     _add_solve(sub)
@@ -313,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``idopt`` command; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose + 1, 2)
+    level = logging.DEBUG if args.verbose else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     handlers = {"fetch": _run_fetch, "select": _run_select, "solve": _run_solve}
     try:

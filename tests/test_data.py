@@ -72,13 +72,13 @@ def test_id_field_missing_names_record(tmp_path):
         tmp_path / "x.jsonl",
         [{"key": 5, "prompt": "p", "completion": "c"}, {"prompt": "p", "completion": "c"}],
     )
-    with pytest.raises(InvalidInputError, match=r"record 1.*'key'"):
+    with pytest.raises(InvalidInputError, match=r"record 2.*'key'"):
         load_samples(path, id_field="key")
 
 
 def test_duplicate_ids_rejected(tmp_path):
     path = write_lines(tmp_path / "x.jsonl", [dict(TULU_RECORD), dict(TULU_RECORD)])
-    with pytest.raises(InvalidInputError, match="already used by record 0"):
+    with pytest.raises(InvalidInputError, match="already used by record 1"):
         load_samples(path)
 
 
@@ -142,14 +142,13 @@ def test_bigbench_answer_invalid(record):
         ({"messages": []}, "non-empty list"),
         ({"messages": [{"role": "bot", "content": "x"}]}, "role 'bot'"),
         ({"messages": [{"role": "user"}]}, "'content'"),
-        ({"messages": [{"role": "user", "content": "x"}]}, "no assistant message"),
     ],
 )
 def test_invalid_record_names_file_index(tmp_path, record, message):
     path = write_lines(tmp_path / "bad.jsonl", [{"prompt": "ok", "completion": "ok"}, record])
     with pytest.raises(InvalidInputError, match=message) as error:
         load_samples(path)
-    assert "bad.jsonl, record 1" in str(error.value)
+    assert "bad.jsonl, record 2" in str(error.value)
 
 
 def test_invalid_record_lists_formats(tmp_path):
@@ -269,3 +268,13 @@ def test_humaneval_loader(tmp_path):
         {"role": "user", "content": "def f():\n"},
         {"role": "assistant", "content": "    return 1\n"},
     ]
+
+
+def test_record_without_answer_loads_with_warning(tmp_path, caplog):
+    """A conversation with no assistant turn loads; tokenization excludes and reports it later."""
+    path = write_lines(tmp_path / "x.jsonl", [{"messages": [{"role": "user", "content": "x"}]}])
+    with caplog.at_level("WARNING", logger="gradients.data"):
+        samples = load_samples(path)
+    assert len(samples) == 1
+    assert "record 1" in caplog.text
+    assert "no assistant message" in caplog.text

@@ -89,6 +89,15 @@ def test_truncation_excludes_unlabelled(tokenizer):
     assert report.num_truncated == 1
 
 
+def test_no_assistant_turn_excluded(tokenizer):
+    question_only = chat(("U", "Hi"), sample_id="question-only")
+    answered = chat(("U", "Hi"), ("A", "four"), sample_id="answered")
+    report = tokenize_samples([question_only, answered], tokenizer, max_length=64, progress=False)
+    assert report.excluded_ids == ["question-only"]
+    assert [kept.sample_id for kept in report.kept] == ["answered"]
+    assert report.num_truncated == 0
+
+
 def test_inconsistent_template_rejected(tokenizer):
     broken = tiny_chat_tokenizer()
     # Numbers each turn with the conversation length, so prefixes render differently.
