@@ -21,12 +21,19 @@ from idopt.first_order import (
     solve_exact_k,
     solve_first_order,
 )
+from idopt.active_set import solve_active_set
+from idopt.constructors import predicted_loss_change, problem_from_gradients
+from idopt.lam_search import lam_for_support
+from idopt.optimizers import AdamState, SGDState, adam_step_model, sgd_step_model
+from idopt.problem import WeightingProblem
 from idopt.selection import Selection, select, top_k_indices
 from idopt.simplex import project_simplex
 from idopt.solution import Solution
+from idopt.solve import available_methods, solve
 from idopt.status import Status
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
+
 
 __version__ = "0.1.0"
 
@@ -38,6 +45,17 @@ __all__ = [
     "KKTCertificate",
     "Selection",
     "Solution",
+    "WeightingProblem",
+    "AdamState",
+    "SGDState",
+    "adam_step_model",
+    "available_methods",
+    "lam_for_support",
+    "predicted_loss_change",
+    "problem_from_gradients",
+    "sgd_step_model",
+    "solve",
+    "solve_active_set",
     "SolverError",
     "Status",
     "TieWarning",
