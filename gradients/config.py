@@ -24,7 +24,8 @@ class SelectConfig:
     random elements before projection (None = all); ``proj_dim`` is the projected dimension;
     ``projection`` is "hadamard" or "rademacher".
     Landmarks: ``num_landmarks`` pool samples; kernel ridge damping relative to the mean kernel
-    diagonal; bandwidth None = median heuristic.
+    diagonal; bandwidth None = median heuristic. ``holdout`` other pool samples also get exact
+    projected gradients, written with their landmark approximations for ``idopt bounds``.
     Checkpoints: with ``resume`` the JVP embeddings and projected gradients are saved in
     ``<output>/checkpoints`` and reused by a later run whose inputs are identical.
     """
@@ -46,6 +47,7 @@ class SelectConfig:
     jvp_dim: int = 4096
     jvp_batch_size: int = 16
     num_landmarks: int = 64
+    holdout: int = 0
     params: str = "all"
     grad_mask: int | None = None
     proj_dim: int = 8192
@@ -71,6 +73,8 @@ class SelectConfig:
         for name, value in positive.items():
             if not isinstance(value, int) or value < 1:
                 raise InvalidInputError(f"{name}={value!r} must be a positive integer")
+        if not isinstance(self.holdout, int) or self.holdout < 0:
+            raise InvalidInputError(f"holdout={self.holdout!r} must be an integer >= 0")
         if self.grad_mask is not None and self.grad_mask < 1:
             raise InvalidInputError(f"grad_mask={self.grad_mask!r} must be a positive integer or None")
         choices = {

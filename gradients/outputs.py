@@ -9,6 +9,9 @@ Files in the output folder:
   reports and the share of each source in the pool and in the selection.
 - ``scores.npy`` (n x m), ``embeddings.npy`` (n x e), ``landmark_indices.npy`` (L,) and
   ``landmark_scores.npy`` (L x m), for analyses; load them with ``allow_pickle=False``.
+- With a held-out set: ``holdout_indices.npy`` (h,), ``holdout_gradients.npy`` and
+  ``holdout_approx.npy`` (h x d, exact and landmark-approximated projected gradients) and
+  ``target_gradients_projected.npy`` (m x d), the inputs of ``idopt bounds --run``.
 """
 
 from __future__ import annotations
@@ -125,6 +128,12 @@ def write_outputs(result, out_dir: str | Path, original_samples: dict | None = N
     np.save(out / "embeddings.npy", result.embeddings)
     np.save(out / "landmark_indices.npy", result.landmark_indices)
     np.save(out / "landmark_scores.npy", result.landmark_scores)
+    holdout = getattr(result, "holdout", None)
+    if holdout is not None:
+        np.save(out / "holdout_indices.npy", holdout.indices)
+        np.save(out / "holdout_gradients.npy", holdout.exact)
+        np.save(out / "holdout_approx.npy", holdout.approx)
+        np.save(out / "target_gradients_projected.npy", holdout.targets)
 
     summary = {
         "settings": result.config.to_dict(),

@@ -43,6 +43,7 @@ class SelectionResult:
     embeddings: (n, e) JVP embeddings. selection: the ``idopt.selection.Selection``.
     timings: seconds per stage. reports: tokenization reports of pool and target.
     originals: sample id -> loaded ``Sample`` of the pool, for writing the selected samples.
+    holdout: exact and approximated gradients of held-out pool samples (``config.holdout`` > 0).
     """
 
     config: SelectConfig
@@ -57,6 +58,32 @@ class SelectionResult:
     timings: dict[str, float] = field(default_factory=dict)
     reports: dict[str, dict] = field(default_factory=dict)
     originals: dict = field(default_factory=dict)
+    holdout: "HoldoutGradients | None" = None
+
+
+@dataclass
+class HoldoutGradients:
+    """Exact projected gradients of held-out pool samples and their landmark approximations.
+
+    indices: (h,) pool indices, none of them a landmark. exact: (h, d) unit-norm projected
+    gradients. approx: (h, d) kernel ridge approximations C G_L. targets: (m, d) target rows.
+    """
+
+    indices: np.ndarray
+    exact: np.ndarray
+    approx: np.ndarray
+    targets: np.ndarray
+
+
+def choose_holdout(n: int, landmark_indices: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """Choose ``count`` pool indices outside the landmarks uniformly at random, sorted (fewer if short)."""
+    candidates = np.setdiff1d(np.arange(n), landmark_indices)
+    if count > len(candidates):
+        logger.warning("holdout=%d exceeds the %d non-landmark samples; using all of them", count, len(candidates))
+        count = len(candidates)
+    if count == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.sort(np.random.default_rng(seed).choice(candidates, size=count, replace=False))
 
 
 @contextmanager
@@ -142,8 +169,8 @@ def run_selection(config: SelectConfig, model=None, tokenizer=None) -> Selection
 
     config.validate()
     timings: dict[str, float] = {}
-    seeds = np.random.SeedSequence(config.seed).spawn(4)
-    landmark_seed, mask_seed, proj_seed, jvp_seed = (int(s.generate_state(1)[0]) for s in seeds)
+    seeds = np.random.SeedSequence(config.seed).spawn(5)
+    landmark_seed, mask_seed, proj_seed, jvp_seed, holdout_seed = (int(s.generate_state(1)[0]) for s in seeds)
 
     with _stage(timings, "load"):
         # Data first: a malformed file fails before the model load.
@@ -217,6 +244,17 @@ def run_selection(config: SelectConfig, model=None, tokenizer=None) -> Selection
             ),
         )
         target_rows, target_names = target_matrix(target_grads, targets, config.target_grouping)
+        holdout_indices = choose_holdout(len(pool), landmark_indices, config.holdout, holdout_seed)
+        holdout_grads = None
+        if len(holdout_indices):
+            holdout_samples = [pool[i] for i in holdout_indices]
+            holdout_grads = checkpoints.get_or_compute(
+                "holdout_gradients",
+                stage_key(**gradient_settings, samples=tokens_fingerprint(holdout_samples)),
+                lambda: project_gradients(
+                    model, holdout_samples, params, mask, projector, pad_id, config.grad_batch_size, "held-out gradients"
+                ),
+            )
 
     with _stage(timings, "propagate"):
         landmark_scores = landmark_grads @ target_rows.T
@@ -224,6 +262,11 @@ def run_selection(config: SelectConfig, model=None, tokenizer=None) -> Selection
             embeddings[landmark_indices], landmark_scores, bandwidth=config.bandwidth, damping=config.damping
         )
         scores = ridge.predict(embeddings)
+        holdout = None
+        if holdout_grads is not None:
+            # Landmark approximation g_hat = C G_L, with C from the embeddings alone.
+            approx = ridge.weights(embeddings[holdout_indices]) @ landmark_grads
+            holdout = HoldoutGradients(holdout_indices, holdout_grads, approx, target_rows)
 
     with _stage(timings, "solve"):
         selection = select(scores, config.k, aggregate=config.aggregate)
@@ -241,5 +284,6 @@ def run_selection(config: SelectConfig, model=None, tokenizer=None) -> Selection
         timings=timings,
         reports={"pool": _report_dict(pool_report), "target": _report_dict(target_report)},
         originals={sample.id: sample for sample in pool_samples},
+        holdout=holdout,
     )
 

@@ -80,6 +80,9 @@ def _add_select(sub) -> None:
     method.add_argument("--target-grouping", default=d.target_grouping, choices=["source", "sample"],
                         help="one target per source task (mean gradient) or per target sample")
     method.add_argument("--num-landmarks", type=int, default=d.num_landmarks, help="landmark samples with exact gradients")
+    method.add_argument("--holdout", type=int, default=d.holdout,
+                        help="other pool samples that also get exact gradients, saved with their landmark "
+                             "approximations for `idopt bounds`")
     method.add_argument("--jvp-blocks", type=int, default=d.jvp_blocks, help="transformer blocks kept for JVP embeddings")
     method.add_argument("--jvp-directions", type=int, default=d.jvp_directions, help="random directions per JVP embedding")
     method.add_argument("--jvp-dim", type=int, default=d.jvp_dim, help="JVP embedding dimension after projection")

@@ -142,3 +142,26 @@ def test_rerun_reuses_checkpoints(tiny_setup, tmp_path, monkeypatch):
     with pytest.raises(AssertionError, match="recomputed"):
         run_selection(_config(pool, target, tmp_path / "out", num_landmarks=10, jvp_blocks=1),
                       model=model, tokenizer=tokenizer)
+
+
+def test_holdout_gradients_written(tiny_setup, tmp_path):
+    """Held-out samples are not landmarks, and their approximation is C G_L from the embeddings."""
+    from idopt.kernel_ridge import KernelRidge
+
+    model, tokenizer, pool, target = tiny_setup
+    config = _config(pool, target, tmp_path / "out", num_landmarks=10, holdout=5)
+    result = run_selection(config, model=model, tokenizer=tokenizer)
+    holdout = result.holdout
+    assert len(holdout.indices) == 5
+    assert not set(holdout.indices.tolist()) & set(result.landmark_indices.tolist())
+    assert holdout.exact.shape == holdout.approx.shape == (5, 64)
+    # Unit gradients projected to d = 64 keep their norm up to the projection's relative spread,
+    # about sqrt(2/d) = 0.18 per row; 0.5 is more than 2.5 of those spreads.
+    np.testing.assert_allclose(np.linalg.norm(holdout.exact, axis=1), 1.0, rtol=0.5)
+    ridge = KernelRidge.fit(result.embeddings[result.landmark_indices], result.landmark_scores, damping=config.damping)
+    # Scores of held-out samples equal their approximated gradients times the target rows.
+    np.testing.assert_allclose(holdout.approx @ holdout.targets.T, ridge.predict(result.embeddings[holdout.indices]),
+                               rtol=1e-6, atol=1e-9)
+    out = write_outputs(result, tmp_path / "out", result.originals)
+    for name in ("holdout_indices", "holdout_gradients", "holdout_approx", "target_gradients_projected"):
+        assert (out / f"{name}.npy").is_file()
