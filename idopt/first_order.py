@@ -76,7 +76,7 @@ def _certify(w: np.ndarray, p: np.ndarray, lam: float, budget: float) -> tuple[f
     grad = lam * w
     grad -= p
     # Rounding in grad = -p + lam * w scales with the larger of its two terms.
-    grad_scale = max(float(np.max(np.abs(p))), lam * float(np.max(w)))
+    grad_scale = max(float(np.max(p)), -float(np.min(p)), lam * float(np.max(w)))
     certificate = kkt_certificate(w, grad, budget, grad_scale=grad_scale)
     objective = float(-np.dot(p, w) + 0.5 * lam * np.dot(w, w))
     return objective, certificate
@@ -98,7 +98,8 @@ def _finish(
             InaccurateSolutionWarning,
             stacklevel=3,
         )
-    support_size = int(np.count_nonzero(w > 0))
+    # With support_tol = 0 the certificate's support is exactly {i : w_i > 0}.
+    support_size = certificate.support_size
     solution = Solution(
         w=w,
         nu=float(nu),
