@@ -1,4 +1,4 @@
-"""Command line: ``idopt fetch``, ``idopt select`` and ``idopt solve``.
+"""Command line: ``idopt fetch``, ``select``, ``solve``, ``bounds`` and ``robust-example``.
 
 ``idopt select`` needs the torch extra (``pip install 'idopt[torch]'``); its modules are
 imported only when that command runs, so ``idopt fetch`` works without torch.
@@ -312,6 +312,78 @@ def _run_solve(args) -> int:
     return 0
 
 
+def _add_bounds(sub) -> None:
+    parser = sub.add_parser(
+        "bounds",
+        help="compare measured gradient-approximation errors with the approximation bounds",
+        description=(
+            "Report Delta^2 (mean squared error of unit-normalized approximate gradients), the bounds "
+            "n Delta^2 / d on ||p - p_hat||^2 and n Delta^2 / (lam^2 d) on ||w - w_hat||^2, the measured "
+            "errors per target, and bias and isotropy statistics of the errors. Pass --exact, --approx "
+            "and --targets, or --run with an `idopt select` output folder that contains "
+            "holdout_gradients.npy, holdout_approx.npy and target_gradients_projected.npy."
+        ),
+    )
+    parser.add_argument("--run", metavar="DIR", help="output folder of `idopt select` with the three gradient files")
+    parser.add_argument("--exact", metavar="G.npy", help="exact (projected) gradients, shape (n, d)")
+    parser.add_argument("--approx", metavar="G_HAT.npy", help="approximations of the same gradients, shape (n, d)")
+    parser.add_argument("--targets", metavar="T.npy", help="target gradients, shape (m, d)")
+    parser.add_argument("--lam", type=float, required=True,
+                        help="l2 weight lam > 0 of the first-order weights (budget n), in score units per unit weight")
+    parser.add_argument("--json", metavar="FILE", help="also write the report as JSON to FILE")
+
+
+def _run_bounds(args) -> int:
+    from idopt.bounds_report import bounds_report_from_files, format_bounds_report, run_files, write_json
+    from idopt.errors import InvalidInputError
+
+    files = (args.exact, args.approx, args.targets)
+    if args.run is not None:
+        if any(path is not None for path in files):
+            raise InvalidInputError("pass either --run or --exact/--approx/--targets, not both")
+        files = run_files(args.run)
+    elif any(path is None for path in files):
+        raise InvalidInputError("pass --run DIR, or all three of --exact, --approx and --targets")
+    report = bounds_report_from_files(*files, lam=args.lam)
+    print(format_bounds_report(report))
+    if args.json is not None:
+        print(f"Wrote {write_json(report, args.json)}")
+    return 0
+
+
+def _add_robust(sub) -> None:
+    parser = sub.add_parser(
+        "robust-example",
+        help="run the worked example of robust weights on a seeded linear regression",
+        description=(
+            "Compare uniform, first-order and robust weights (one-step min-max over parameter "
+            "perturbations of norm rho) on a seeded linear regression whose source pool mixes samples "
+            "that match the target with samples that do not. Writes OUT/robust_example.png (validation "
+            "curves and robust weight histogram) and OUT/weights.npz, and prints a table."
+        ),
+        formatter_class=_DefaultsFormatter,
+    )
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data")
+    parser.add_argument("--rho", type=float, nargs="+", default=None,
+                        help="radii of the parameter perturbation, in units of theta "
+                             "(default: 0 1e-4 1e-3 1e-2 1e-1 1)")
+    parser.add_argument("--steps", type=int, default=100, help="gradient descent steps per weighting")
+    parser.add_argument("--starts", type=int, default=4, help="SLSQP starting points per robust solve")
+
+
+def _run_robust(args) -> int:
+    from idopt.robust_example import DEFAULT_RHOS, ExampleConfig, format_summary, write_example
+
+    rhos = tuple(args.rho) if args.rho is not None else DEFAULT_RHOS
+    config = ExampleConfig(seed=args.seed, rhos=rhos, steps=args.steps, starts=args.starts)
+    result, png = write_example(args.out, config)
+    print(f"eta = {result.eta:.4g}, lam = {result.lam:.4g}, training step = {result.learning_rate:.4g}")
+    print(format_summary(result))
+    print(f"Wrote {png} and {png.parent / 'weights.npz'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``idopt`` command."""
     parser = argparse.ArgumentParser(prog="idopt", description="Influence Distillation: data selection for fine-tuning.")
@@ -319,6 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_fetch(sub)
     _add_solve(sub)
+    _add_robust(sub)
+    _add_bounds(sub)
     try:
         _add_select(sub)
     except ImportError as error:
@@ -332,7 +406,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    handlers = {"fetch": _run_fetch, "select": _run_select, "solve": _run_solve}
+    handlers = {"fetch": _run_fetch, "select": _run_select, "solve": _run_solve, "bounds": _run_bounds,
+                "robust-example": _run_robust}
     try:
         return handlers[args.command](args)
     except IdoptError as error:
