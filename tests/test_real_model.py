@@ -71,7 +71,7 @@ def test_real_selection_end_to_end(real_model, tmp_path):
     model, tokenizer = real_model
     config = SelectConfig(
         pool_size=24, target_per_task=1, k=5, num_landmarks=8, max_length=192, jvp_blocks=2,
-        grad_mask=1 << 20, proj_dim=1024, output=str(tmp_path / "out"),
+        grad_mask=1 << 20, proj_dim=1024, output=str(tmp_path / "out"), holdout=6,
     )
     result = run_selection(config, model=model, tokenizer=tokenizer)
     out = write_outputs(result, config.output, result.originals)
@@ -85,3 +85,13 @@ def test_real_selection_end_to_end(real_model, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["versions"]["transformers"] is not None
     assert len((out / "selected.jsonl").read_text().splitlines()) == 5
+
+    # The held-out gradients feed `idopt bounds`, which runs on these real gradients.
+    from idopt.cli import main
+
+    report_path = tmp_path / "bounds.json"
+    assert main(["bounds", "--run", str(out), "--lam", "0.1", "--json", str(report_path)]) == 0
+    report = json.loads(report_path.read_text())
+    assert report["n"] == 6
+    assert report["delta_squared"] >= 0
+    assert len(report["targets"]) == 3
