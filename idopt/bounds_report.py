@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from idopt.arrays import load_npy
 from idopt.bounds import (
     MeanEstimate,
     eigenvalue_ratio,
@@ -63,20 +64,7 @@ LIPSCHITZ_RTOL = 1e-7
 
 def load_array(path: str | Path, name: str) -> np.ndarray:
     """Load a float array from a .npy file without unpickling; raise InvalidInputError naming ``name``."""
-    try:
-        array = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise InvalidInputError(f"{name}: file not found: {path}") from None
-    except ValueError as error:
-        raise InvalidInputError(
-            f"{name}: cannot read {path} as a numeric .npy array ({error}); save it with "
-            "np.save(path, np.asarray(x, dtype=np.float32))"
-        ) from None
-    except OSError as error:
-        raise InvalidInputError(f"{name}: cannot read {path}: {error}") from None
-    if not isinstance(array, np.ndarray):
-        array.close()
-        raise InvalidInputError(f"{name}: {path} is an .npz archive; pass a .npy file with one array")
+    array = load_npy(path, name)
     if array.dtype.kind != "f":
         raise InvalidInputError(f"{name}: {path} has dtype {array.dtype}; expected a floating array")
     return array.astype(np.float64, copy=False)

@@ -183,28 +183,11 @@ def _add_solve(sub) -> None:
 
 def _load_array(path: str | None, option: str):
     """Load one array from a .npy file without unpickling; None when the option is absent."""
-    import numpy as np
-
-    from idopt.errors import InvalidInputError
+    from idopt.arrays import load_npy
 
     if path is None:
         return None
-    try:
-        array = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise InvalidInputError(f"{option}: file not found: {path}") from None
-    except ValueError as error:
-        # numpy raises ValueError for object (pickled) arrays when allow_pickle=False.
-        raise InvalidInputError(
-            f"{option}: cannot read {path} as a numeric .npy array ({error}); save it with "
-            "np.save(path, np.asarray(x, dtype=np.float64))"
-        ) from None
-    except OSError as error:
-        raise InvalidInputError(f"{option}: cannot read {path}: {error}") from None
-    if not isinstance(array, np.ndarray):
-        array.close()
-        raise InvalidInputError(f"{option}: {path} is an .npz archive; pass a .npy file with one array")
-    return array
+    return load_npy(path, option)
 
 
 def _solution_report(solution, target: int) -> dict:
