@@ -85,7 +85,7 @@ def format_share_table(rows: list[dict], limit: int | None = None) -> str:
             f"{row['selected']:>6} {row['selected_share']:>6.1%}  {row['ratio']:>5.2f}"
         )
     if limit is not None and len(rows) > limit:
-        lines.append(f"... {len(rows) - limit} more sources in summary.json")
+        lines.append(f"... {len(rows) - limit} more rows; summary.json has them all")
     return "\n".join(lines)
 
 

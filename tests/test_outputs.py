@@ -38,7 +38,7 @@ def test_share_table_limit_mentions_rest():
     rows = source_shares(_pool(["a", "b", "c"]), [0])
     text = format_share_table(rows, limit=2)
     assert len(text.splitlines()) == 4
-    assert "1 more sources" in text
+    assert "1 more rows" in text
 
 
 def test_package_versions_has_numpy():
