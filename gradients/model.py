@@ -119,9 +119,9 @@ def load_model(
     dtype
         Parameter dtype: "float32" (default, needed for exact CPU results) or "bfloat16" on GPUs.
     attn_implementation
-        "eager" by default. Forward-mode AD has no rule for PyTorch's fused CPU attention kernel,
-        and fused kernels can return NaN for fully padded rows, which breaks padding-invariant
-        per-sample gradients; eager attention is exact for both.
+        "eager" by default. Forward-mode AD has no rule for PyTorch's fused CPU attention
+        kernel, and fused kernels can return NaN for fully padded rows. Eager attention is
+        exact in both cases.
     trust_remote_code
         Off by default; turn it on only for model code you have read.
 
