@@ -73,12 +73,56 @@ def first_order_objective(w, p, lam) -> float:
 
 
 def _certify(w: np.ndarray, p: np.ndarray, lam: float, budget: float) -> tuple[float, KKTCertificate]:
-    grad = lam * w
-    grad -= p
+    """Return F(w) and the KKT certificate of w for grad F(w) = lam * w - p.
+
+    For w >= 0 the gradient is -p wherever w_i = 0, so the certificate needs lam * w - p only
+    on the support. The residuals are those of :func:`kkt_certificate` (support_tol = 0),
+    computed from w and p without length-n float temporaries; any other w goes through
+    :func:`kkt_certificate` itself.
+    """
+    n = w.shape[0]
     # Rounding in grad = -p + lam * w scales with the larger of its two terms.
-    grad_scale = max(float(np.max(p)), -float(np.min(p)), lam * float(np.max(w)))
-    certificate = kkt_certificate(w, grad, budget, grad_scale=grad_scale)
-    objective = float(-np.dot(p, w) + 0.5 * lam * np.dot(w, w))
+    p_scale = max(float(np.max(p)), -float(np.min(p)))
+    w_min = float(np.min(w))
+    # flatnonzero of a boolean mask is several times faster than of the float array.
+    support = np.flatnonzero(w > 0)
+    if not w_min >= 0 or support.size == 0:
+        grad = lam * w
+        grad -= p
+        grad_scale = max(p_scale, lam * float(np.max(w)))
+        certificate = kkt_certificate(w, grad, budget, grad_scale=grad_scale)
+        return float(-np.dot(p, w) + 0.5 * lam * np.dot(w, w)), certificate
+
+    w_support = w[support]
+    p_support = p[support]
+    w_max = float(np.max(w_support))
+    g_scale = max(p_scale, lam * w_max) or 1.0
+    grad_support = lam * w_support - p_support
+    nu = float(np.mean(grad_support))
+    mu_support = np.abs(grad_support - nu)
+    stationarity = float(np.max(mu_support)) / g_scale
+    if support.size < n:
+        # Off the support grad_i = -p_i, so min(grad - nu) there is -max(p) - nu. A copy with
+        # the support masked out was the fastest way to take that maximum in numpy 2.4.
+        p_off = p.copy()
+        p_off[support] = -np.inf
+        p_off_max = float(np.max(p_off))
+        del p_off
+        dual = max(0.0, nu + p_off_max) / g_scale
+    else:
+        dual = 0.0
+    complementarity = float(np.max(mu_support * w_support)) / (g_scale * w_max)
+    primal = abs(float(np.sum(w_support)) - budget) / budget
+    certificate = KKTCertificate(
+        stationarity=stationarity,
+        primal_feasibility=primal,
+        dual_feasibility=dual,
+        complementarity=complementarity,
+        nu=nu,
+        grad_scale=g_scale,
+        support_size=int(support.size),
+    )
+    objective = float(-np.dot(p_support, w_support) + 0.5 * lam * np.dot(w_support, w_support))
     return objective, certificate
 
 

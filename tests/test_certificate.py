@@ -42,3 +42,30 @@ def test_certificate_equals_definition(seed, n, zero_share, negative, support_to
     assert got.complementarity == pytest.approx(complementarity, abs=1e-15)
     assert got.primal_feasibility == pytest.approx(primal, abs=1e-15)
     assert got.nu == pytest.approx(nu, abs=1e-15)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    seed=st.integers(0, 2**31),
+    n=st.integers(1, 40),
+    zero_share=st.floats(0.0, 1.0),
+    negative=st.booleans(),
+    lam=st.floats(1e-3, 10.0),
+)
+def test_first_order_certificate_equals_generic(seed, n, zero_share, negative, lam):
+    """Property: the first-order fast path equals kkt_certificate on grad = lam w - p, and F(w)."""
+    from idopt.first_order import _certify
+
+    rng = np.random.default_rng(seed)
+    w = rng.random(n) * (rng.random(n) >= zero_share)
+    if negative:
+        w[rng.integers(n)] = -1e-3
+    p = rng.normal(size=n)
+    budget = float(max(w.sum(), 1.0))
+    objective, got = _certify(w, p, lam, budget)
+    scale = max(np.abs(p).max(), lam * w.max())
+    expected = kkt_certificate(w, lam * w - p, budget, grad_scale=scale if scale > 0 else None)
+    for field in ("stationarity", "dual_feasibility", "complementarity", "primal_feasibility", "nu"):
+        assert getattr(got, field) == pytest.approx(getattr(expected, field), rel=1e-12, abs=1e-15), field
+    assert got.support_size == expected.support_size
+    assert objective == pytest.approx(-p @ w + 0.5 * lam * w @ w, rel=1e-12, abs=1e-15)
