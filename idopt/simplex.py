@@ -25,7 +25,7 @@ from idopt.validation import check_budget, check_choice, check_scores
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("auto", "sort", "michelot", "condat")
+METHODS = ("auto", "sort", "michelot", "condat", "sampled")
 
 # Block length of the blocked Condat pass: 2**14 float64 values (128 KiB) stay in L2
 # cache, and 10^7 entries need about 600 Python-level iterations.
@@ -34,13 +34,9 @@ _CONDAT_BLOCK = 1 << 14
 # "auto" sorts below this size, where the sort costs microseconds and is the simplest.
 _AUTO_SORT_MAX_N = 1 << 12
 
-# "auto" estimates the support fraction from an evenly strided sample of this many
-# entries and uses Michelot when the estimate is at least _AUTO_MICHELOT_MIN_FRACTION,
-# else Condat. NOTE: both values come from a rough timing on Gaussian and uniform inputs
-# of size 10^7 on one CPU core (Michelot wins above about half positive entries). They
-# only affect speed, never the result.
+# "sampled" estimates the threshold on an evenly strided sample of this many entries.
+# The size only affects speed, never the result.
 _AUTO_SAMPLE_SIZE = 1 << 12
-_AUTO_MICHELOT_MIN_FRACTION = 0.5
 
 
 def project_simplex(v, budget=1.0, method: str = "auto") -> tuple[np.ndarray, float]:
@@ -68,9 +64,11 @@ def project_simplex(v, budget=1.0, method: str = "auto") -> tuple[np.ndarray, fl
           blocks of v are scanned once against a running lower bound of tau, only
           entries above it are kept, and Michelot iterations finish on the survivors.
           Fast when few entries stay positive.
-        - "auto": "sort" for n <= 4096; otherwise it projects an evenly strided sample of
-          4096 entries with the budget scaled by sample size / n, and picks "michelot" when
-          at least half of the sample stays positive, else "condat".
+        - "sampled": the threshold of an evenly strided sample of 4096 entries (budget
+          scaled by sample size / n) picks a set C close to the support; (sum_C v - b)/|C|
+          is then a nearly tight lower bound of tau, and Michelot rounds from it run on
+          about the support alone. Two passes over v plus rounds on the survivors.
+        - "auto": "sort" for n <= 4096, else "sampled".
 
     Returns
     -------
@@ -119,6 +117,8 @@ def simplex_threshold(v: np.ndarray, budget: float, method: str = "auto") -> tup
         tau, iterations = _threshold_michelot(v, budget)
     elif method == "condat":
         tau, iterations = _threshold_condat(v, budget)
+    elif method == "sampled":
+        tau, iterations = _threshold_sampled(v, budget)
     else:
         raise InvalidInputError(f"method must be one of {', '.join(METHODS)}, got {method!r}.")
 
@@ -128,13 +128,9 @@ def simplex_threshold(v: np.ndarray, budget: float, method: str = "auto") -> tup
 
 
 def _choose_method(v: np.ndarray, budget: float) -> str:
-    n = v.shape[0]
-    if n <= _AUTO_SORT_MAX_N:
-        return "sort"
-    sample = v[:: n // _AUTO_SAMPLE_SIZE]
-    sample_tau, _ = _threshold_sort(sample, budget * sample.shape[0] / n)
-    fraction = np.count_nonzero(sample > sample_tau) / sample.shape[0]
-    return "michelot" if fraction >= _AUTO_MICHELOT_MIN_FRACTION else "condat"
+    # NOTE: "sampled" was the fastest or within 10% of the fastest at n = 10^6 and 10^7
+    # for supports of 0.1%, 10% and 60% of n (one run on a 2-core x86 machine).
+    return "sort" if v.shape[0] <= _AUTO_SORT_MAX_N else "sampled"
 
 
 def _threshold_sort(v: np.ndarray, budget: float) -> tuple[float, int]:
@@ -213,6 +209,23 @@ def _threshold_condat(v: np.ndarray, budget: float) -> tuple[float, int]:
     survivors = np.concatenate(parts)
     tau, rounds = _michelot_from(survivors, budget, lower)
     return tau, blocks + rounds
+
+
+def _threshold_sampled(v: np.ndarray, budget: float) -> tuple[float, int]:
+    # Any set C gives the lower bound (sum_C v - b) / |C| <= tau, because
+    # sum_C (v_i - tau) <= sum over the support of (v_i - tau) = b. A threshold estimated on
+    # a strided sample picks a C close to the support, so the bound is nearly tight and the
+    # Michelot rounds that follow run on about the support alone.
+    n = v.shape[0]
+    sample = v[:: max(n // _AUTO_SAMPLE_SIZE, 1)]
+    estimate, _ = _threshold_sort(sample, budget * sample.shape[0] / n)
+    chosen = v[v > estimate]
+    if chosen.shape[0] == 0:
+        lower = float(np.max(v)) - budget
+    else:
+        lower = max((float(np.sum(chosen)) - budget) / chosen.shape[0], float(np.max(chosen)) - budget)
+    tau, rounds = _michelot_from(v, budget, lower)
+    return tau, 1 + rounds
 
 
 def _recompute_on_support(v: np.ndarray, budget: float, tau: float) -> float:

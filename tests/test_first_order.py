@@ -20,7 +20,7 @@ from idopt import (
     solve_first_order,
 )
 
-METHODS = ("sort", "michelot", "condat")
+METHODS = ("sort", "michelot", "condat", "sampled")
 
 scores = arrays(
     np.float64,

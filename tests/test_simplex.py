@@ -10,7 +10,7 @@ from hypothesis.extra.numpy import arrays
 
 from idopt.simplex import project_simplex, simplex_threshold
 
-EXPLICIT_METHODS = ("sort", "michelot", "condat")
+EXPLICIT_METHODS = ("sort", "michelot", "condat", "sampled")
 
 
 def reference_threshold(v, budget):
@@ -94,14 +94,14 @@ def test_methods_agree_large_n(budget):
         assert abs(tau - reference) <= weight_tolerance(v, budget), method
 
 
-def test_auto_picks_by_support():
+def test_auto_picks_by_size():
     rng = np.random.default_rng(3)
     v = rng.standard_normal(50_000)
     _, few_positive, _ = simplex_threshold(v, 1.0, "auto")
     _, most_positive, _ = simplex_threshold(v, 10.0 * v.shape[0], "auto")
     _, small_n, _ = simplex_threshold(v[:100], 1.0, "auto")
-    assert few_positive == "condat"
-    assert most_positive == "michelot"
+    assert few_positive == "sampled"
+    assert most_positive == "sampled"
     assert small_n == "sort"
 
 
