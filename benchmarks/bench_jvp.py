@@ -12,20 +12,10 @@ from __future__ import annotations
 import argparse
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from gradients.jvp import JVPConfig, JVPEmbedder
 from timing import median_seconds
-
-
-def build_model(layers: int) -> LlamaForCausalLM:
-    config = LlamaConfig(
-        vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=layers,
-        num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048,
-        tie_word_embeddings=True, attn_implementation="eager",
-    )
-    torch.manual_seed(0)
-    return LlamaForCausalLM(config).eval()
+from smollm2_shape import smollm2_shaped_model
 
 
 def main() -> None:
@@ -36,7 +26,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    model = build_model(layers=4)
+    model = smollm2_shaped_model(layers=4)
     generator = torch.Generator().manual_seed(1)
     lengths = torch.randint(48, 129, (args.batch_size,), generator=generator)
     longest = int(lengths.max())

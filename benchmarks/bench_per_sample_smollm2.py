@@ -15,20 +15,10 @@ import statistics
 import time
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from gradients.params import ParameterMask, flat_dim, select_parameters
 from gradients.per_sample import per_sample_gradients
-
-
-def build_model() -> LlamaForCausalLM:
-    config = LlamaConfig(
-        vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-        num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048,
-        tie_word_embeddings=True, attn_implementation="eager",
-    )
-    torch.manual_seed(0)
-    return LlamaForCausalLM(config).eval()
+from smollm2_shape import smollm2_shaped_model
 
 
 def main() -> None:
@@ -38,7 +28,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per method")
     args = parser.parse_args()
 
-    model = build_model()
+    model = smollm2_shaped_model()
     generator = torch.Generator().manual_seed(1)
     input_ids = torch.randint(0, 49152, (args.batch_size, args.seq_len), generator=generator)
     labels = input_ids.clone()

@@ -1,7 +1,7 @@
 """Find the transformer blocks of a causal LM and build a truncated view of its first K blocks.
 
-Known layouts are looked up in a small registry; any other model falls back to a search for the
-longest ``nn.ModuleList`` of identical modules and a final normalization module after it.
+Known layouts are looked up in a small registry. Any other model falls back to a search for the
+longest ``nn.ModuleList`` of identical modules and a final normalization module beside it.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ KNOWN_LAYOUTS: dict[str, tuple[str, str, str]] = {
 
 @dataclass(frozen=True)
 class BlockLayout:
-    """Where a model keeps its blocks: base model path, block list attribute, final norm attribute."""
+    """Location of a model's blocks: base model path, block list attribute, final norm attribute."""
 
     base_path: str
     layers_attr: str

@@ -166,7 +166,7 @@ def resolve_model_dir(model: str | Path, gguf_file: str | None = None, cache: st
     """Return a safetensors model folder for ``model``, converting a GGUF file once into the cache.
 
     ``model`` is a folder written by ``save_pretrained``, a ``.gguf`` file, or a folder that
-    holds ``gguf_file``. A GGUF checkpoint is dequantized on first use into
+    contains ``gguf_file``. A GGUF checkpoint is dequantized on first use into
     ``<cache>/models/<file stem>-<key>``, where the key hashes the file's path, size and
     modification time, so later runs load the safetensors copy.
     """

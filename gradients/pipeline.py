@@ -3,8 +3,8 @@
 Stages, for a pool S of n samples and targets T:
 
 1. JVP embeddings e_i of every pool sample (``gradients.jvp``).
-2. L landmark samples chosen uniformly at random; unit-norm per-sample gradients of the landmarks
-   and of the target samples over the chosen parameters, optionally masked, then projected to
+2. L landmark samples chosen uniformly at random. The landmarks and the target samples get
+   unit-norm per-sample gradients over the chosen parameters, optionally masked, projected to
    d coordinates: G_L (L x d), G_T (m x d). Per target task, g_t is the mean of its samples' rows.
 3. Landmark scores P_L = G_L G_T^T (L x m), carried to the pool by kernel ridge regression on the
    embeddings: P = K(E, E_L)(K_LL + delta I)^-1 P_L (n x m).

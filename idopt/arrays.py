@@ -13,7 +13,7 @@ def load_npy(path: str | Path, name: str) -> np.ndarray:
     """Load one array from a .npy file without unpickling; raise InvalidInputError naming ``name``.
 
     numpy raises ValueError for object (pickled) arrays when allow_pickle=False, and the
-    message then says how to save a numeric array instead.
+    message then explains how to save a numeric array instead.
     """
     try:
         array = np.load(path, allow_pickle=False)

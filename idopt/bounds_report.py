@@ -47,6 +47,7 @@ from idopt.bounds import (
     weight_error_bound,
 )
 from idopt.errors import InvalidInputError
+from idopt.json_report import json_safe
 from idopt.validation import check_lam
 
 logger = logging.getLogger(__name__)
@@ -151,17 +152,7 @@ class BoundsReport:
 
     def to_dict(self) -> dict:
         """Return the report as a JSON-ready dict (non-finite floats become None)."""
-        return _json_safe(asdict(self))
-
-
-def _json_safe(value):
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _json_safe(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(item) for item in value]
-    return value
+        return json_safe(asdict(self))
 
 
 def _check_stores(exact: np.ndarray, approx: np.ndarray, targets: np.ndarray) -> None:

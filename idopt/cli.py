@@ -216,19 +216,6 @@ def _solution_report(solution, target: int) -> dict:
     return entry
 
 
-def _json_safe(value):
-    """Replace non-finite floats (not valid JSON) with None, recursively."""
-    import math
-
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _json_safe(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(item) for item in value]
-    return value
-
-
 def _run_solve(args) -> int:
     import json
     from pathlib import Path
@@ -236,6 +223,7 @@ def _run_solve(args) -> int:
     import numpy as np
 
     from idopt.errors import InvalidInputError
+    from idopt.json_report import json_safe
     from idopt.lam_search import lam_for_support
     from idopt.problem import WeightingProblem
     from idopt.solve import solve
@@ -283,7 +271,7 @@ def _run_solve(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     np.save(out / "weights.npy", weights)
     report = {"n": problem.n, "method_requested": args.method, "eta": problem.eta, "c": problem.c, "targets": entries}
-    (out / "report.json").write_text(json.dumps(_json_safe(report), indent=2, allow_nan=False) + "\n")
+    (out / "report.json").write_text(json.dumps(json_safe(report), indent=2, allow_nan=False) + "\n")
 
     for entry in entries:
         print(

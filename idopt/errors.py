@@ -14,7 +14,7 @@ class InvalidInputError(IdoptError, ValueError):
 
 
 class SolverError(IdoptError, RuntimeError):
-    """A solver failed to produce a usable answer."""
+    """A solver failed to produce usable weights."""
 
 
 class AssetError(IdoptError, RuntimeError):
@@ -22,7 +22,7 @@ class AssetError(IdoptError, RuntimeError):
 
 
 class InaccurateSolutionWarning(UserWarning):
-    """A solver returned an answer whose certificate misses the requested tolerance."""
+    """A solver returned weights whose certificate misses the requested tolerance."""
 
 
 class TieWarning(UserWarning):
