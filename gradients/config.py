@@ -9,6 +9,10 @@ from pathlib import Path
 from idopt.errors import InvalidInputError
 from idopt.kernel_ridge import DEFAULT_DAMPING
 
+# Learning rate of the modeled plain gradient-descent step when neither --lr nor an
+# optimizer state gives one. It matters only for the second-order term.
+DEFAULT_SGD_LR = 1e-4
+
 
 @dataclass
 class SelectConfig:
@@ -26,6 +30,14 @@ class SelectConfig:
     Landmarks: ``num_landmarks`` pool samples; kernel ridge damping relative to the mean kernel
     diagonal; bandwidth None = median heuristic. ``holdout`` other pool samples also get exact
     projected gradients, written with their landmark approximations for ``idopt bounds``.
+    Optimizer and order: ``optimizer_state`` is a folder from ``idopt warmup``, a Trainer
+    checkpoint folder or a ``torch.optim`` Adam/AdamW state dict file (None = plain gradient
+    descent). ``lr`` is the learning rate eta of the modeled step (None = the state's lr, or
+    ``DEFAULT_SGD_LR`` without a state). ``order`` 2 adds the curvature term with Q = C Q_L C^T
+    from Hessian-vector products (``curvature`` "hessian" or "gauss_newton") over target
+    batches of ``hvp_batch_size`` samples, ``hvp_chunk`` vectors at a time. ``normalize``
+    scales every gradient to unit norm (None = only for first order without a state, where
+    only the ranking matters).
     Checkpoints: with ``resume`` the JVP embeddings and projected gradients are saved in
     ``<output>/checkpoints`` and reused by a later run whose inputs are identical.
     """
@@ -55,6 +67,13 @@ class SelectConfig:
     grad_batch_size: int = 4
     damping: float = DEFAULT_DAMPING
     bandwidth: float | None = None
+    order: int = 1
+    optimizer_state: str | None = None
+    lr: float | None = None
+    curvature: str = "hessian"
+    normalize: bool | None = None
+    hvp_batch_size: int = 4
+    hvp_chunk: int = 8
     seed: int = 0
     output: str = "runs/select"
     resume: bool = True
@@ -69,6 +88,7 @@ class SelectConfig:
             "jvp_directions": self.jvp_directions, "jvp_dim": self.jvp_dim,
             "jvp_batch_size": self.jvp_batch_size, "num_landmarks": self.num_landmarks,
             "proj_dim": self.proj_dim, "grad_batch_size": self.grad_batch_size,
+            "hvp_batch_size": self.hvp_batch_size, "hvp_chunk": self.hvp_chunk,
         }
         for name, value in positive.items():
             if not isinstance(value, int) or value < 1:
@@ -82,10 +102,22 @@ class SelectConfig:
             "target_grouping": ("source", "sample"),
             "projection": ("hadamard", "rademacher"),
             "dtype": ("float32", "bfloat16", "float16"),
+            "curvature": ("hessian", "gauss_newton"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise InvalidInputError(f"{name}={getattr(self, name)!r} is not one of {allowed}")
+        if self.order not in (1, 2):
+            raise InvalidInputError(f"order={self.order!r} must be 1 (first order) or 2 (with the curvature term)")
+        if self.lr is not None and not (isinstance(self.lr, (int, float)) and 0 < self.lr < float("inf")):
+            raise InvalidInputError(f"lr={self.lr!r} must be a finite learning rate > 0, or None")
+        if self.order == 2 and self.holdout:
+            raise InvalidInputError(
+                f"holdout={self.holdout} works with order=1 only (it checks projected first-order gradients); "
+                "drop --holdout or use --order 1"
+            )
+        if self.optimizer_state is not None and not Path(self.optimizer_state).exists():
+            raise InvalidInputError(f"optimizer_state {self.optimizer_state!r} does not exist")
         if not self.damping > 0:
             raise InvalidInputError(f"damping={self.damping!r} must be > 0")
         if self.bandwidth is not None and not self.bandwidth > 0:

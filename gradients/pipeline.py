@@ -27,6 +27,8 @@ from tqdm.auto import tqdm
 
 from gradients.checkpoint import StageCache, model_fingerprint, stage_key, tokens_fingerprint
 from gradients.config import SelectConfig
+from gradients.modeled_step import model_step
+from gradients.second_order import check_memory, full_gradients, landmark_curvature, quadratic_terms, shifted_targets
 from idopt.errors import InvalidInputError
 from idopt.kernel_ridge import KernelRidge, choose_landmarks
 
@@ -44,6 +46,8 @@ class SelectionResult:
     timings: seconds per stage. reports: tokenization reports of pool and target.
     originals: sample id -> loaded ``Sample`` of the pool, for writing the selected samples.
     holdout: exact and approximated gradients of held-out pool samples (``config.holdout`` > 0).
+    method_report: order, learning rate, optimizer state and, for order 2, the Q_L spectrum
+    and each target's first- and second-order terms.
     """
 
     config: SelectConfig
@@ -59,6 +63,7 @@ class SelectionResult:
     reports: dict[str, dict] = field(default_factory=dict)
     originals: dict = field(default_factory=dict)
     holdout: "HoldoutGradients | None" = None
+    method_report: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -131,15 +136,26 @@ def _report_dict(report) -> dict:
     }
 
 
-def project_gradients(model, samples: Sequence, params, mask, projector, pad_token_id: int, batch_size: int, desc: str) -> np.ndarray:
-    """Return the projected unit-norm per-sample gradients of ``samples`` as an (len, d) array."""
+def project_gradients(
+    model, samples: Sequence, params, mask, projector, pad_token_id: int, batch_size: int, desc: str,
+    *, normalize: bool = True, scale: torch.Tensor | None = None,
+) -> np.ndarray:
+    """Return the projected per-sample gradients of ``samples`` as an (len, d) array.
+
+    Row i is R (a * g_i) / ||a * g_i|| with R the projection, a the optimizer's elementwise
+    scale (``scale``, 1 when None) and the division only when ``normalize``.
+    """
     from gradients.per_sample import per_sample_gradients
     from gradients.tokenize import collate
 
     rows = []
     for start in tqdm(range(0, len(samples), batch_size), desc=desc, unit="batch"):
         batch = collate(list(samples[start:start + batch_size]), pad_token_id)
-        grads = per_sample_gradients(model, batch, params, mask=mask, normalize=True)
+        grads = per_sample_gradients(model, batch, params, mask=mask, normalize=normalize and scale is None)
+        if scale is not None:
+            grads = grads * scale.to(grads.device)
+            if normalize:
+                grads = grads / torch.linalg.vector_norm(grads, dim=1, keepdim=True).clamp_min(torch.finfo(grads.dtype).tiny)
         rows.append(projector.project(grads).cpu().double().numpy())
         del grads
     return np.concatenate(rows, axis=0)
@@ -151,7 +167,106 @@ def target_matrix(target_grads: np.ndarray, targets: Sequence, grouping: str) ->
         return target_grads, [t.sample_id for t in targets]
     names = sorted({t.source for t in targets})
     rows = [target_grads[[i for i, t in enumerate(targets) if t.source == name]].mean(axis=0) for name in names]
+    if isinstance(target_grads, torch.Tensor):
+        return torch.stack(rows), names
     return np.stack(rows), names
+
+
+def _projected_stage(config, model, params, mask, step, landmark_samples, targets, holdout_samples, pad_id,
+                     checkpoints, settings):
+    """First order: projected landmark rows R(a g_l), target rows R(g_t - eta H_T b0), held-out rows."""
+    from gradients.projection import make_projector
+
+    grad_dim = mask.size if mask is not None else sum(p.numel() for p in params.values())
+    projector = make_projector(
+        config.projection, grad_dim, config.proj_dim, settings["proj_seed"], device=next(model.parameters()).device
+    )
+
+    def rows_of(samples, desc, scale):
+        return project_gradients(
+            model, samples, params, mask, projector, pad_id, config.grad_batch_size, desc,
+            normalize=step.normalize, scale=scale,
+        )
+
+    landmark_grads = checkpoints.get_or_compute(
+        "landmark_gradients", stage_key(**settings, samples=tokens_fingerprint(landmark_samples)),
+        lambda: rows_of(landmark_samples, "landmark gradients", step.scale),
+    )
+    target_grads = checkpoints.get_or_compute(
+        "target_gradients", stage_key(**settings, samples=tokens_fingerprint(targets)),
+        lambda: rows_of(targets, "target gradients", None),
+    )
+    target_rows, target_names = target_matrix(target_grads, targets, config.target_grouping)
+    if step.offset is not None:
+        # p = D^T (g_T - eta H_T b0); the projection is linear, so the shift is projected alone.
+        def projected_shift() -> np.ndarray:
+            curved = step.curvature.matmul(step.offset[None])  # (1, N): H_T b0
+            return projector.project(curved.float()).cpu().double().numpy()[0]
+
+        shift = checkpoints.get_or_compute(
+            "momentum_shift", stage_key(**settings, targets=tokens_fingerprint(targets), curvature=config.curvature),
+            projected_shift,
+        )
+        target_rows = target_rows - step.eta * shift[None]
+    holdout_grads = None
+    if holdout_samples:
+        holdout_grads = checkpoints.get_or_compute(
+            "holdout_gradients", stage_key(**settings, samples=tokens_fingerprint(holdout_samples)),
+            lambda: rows_of(holdout_samples, "held-out gradients", step.scale),
+        )
+    return landmark_grads, target_rows, target_names, holdout_grads
+
+
+def _full_space_stage(config, model, params, mask, step, landmark_samples, targets, pad_id, checkpoints, settings):
+    """Second order: exact P_L = D_L U^T and Q_L = D_L H_T D_L^T in the selected parameter space."""
+    names = target_matrix(np.zeros((len(targets), 1)), targets, config.target_grouping)[1]
+    dim = mask.size if mask is not None else sum(p.numel() for p in params.values())
+    device = next(model.parameters()).device
+
+    def compute() -> np.ndarray:
+        check_memory(len(landmark_samples), len(targets), dim, config.hvp_chunk, device)
+        directions = full_gradients(
+            model, landmark_samples, params, mask, pad_id, config.grad_batch_size, "landmark gradients",
+            normalize=step.normalize, scale=step.scale,
+        )
+        target_grads = full_gradients(
+            model, targets, params, mask, pad_id, config.grad_batch_size, "target gradients", normalize=step.normalize,
+        )
+        target_rows, _ = target_matrix(target_grads, targets, config.target_grouping)
+        del target_grads
+        shifted, _ = shifted_targets(target_rows, step.curvature, step.offset, step.eta)
+        scores = (directions.double() @ shifted.double().T).numpy()
+        curvature = landmark_curvature(step.curvature, directions, config.hvp_chunk)
+        return np.concatenate([scores, curvature], axis=1)
+
+    stacked = checkpoints.get_or_compute(
+        "landmark_quadratic",
+        stage_key(**settings, landmarks=tokens_fingerprint(landmark_samples), targets=tokens_fingerprint(targets)),
+        compute,
+    )
+    return stacked[:, :len(names)], stacked[:, len(names):], names
+
+
+def _solve_second_order(config, ridge, embeddings, scores, landmark_q, eta):
+    """Solve with Q = C Q_L C^T kept factored (A = C^T, H = Q_L); return the selection and a report."""
+    from idopt.problem import WeightingProblem
+    from idopt.selection import select_quadratic
+
+    coefficients = ridge.weights(embeddings)
+    n = scores.shape[0]
+    problem = WeightingProblem.create(scores, 1.0, eta=eta, c=n, A=coefficients.T, H=landmark_q, check_psd=False)
+    eigenvalues = np.linalg.eigvalsh(landmark_q)
+    logger.info("Q_L eigenvalues in [%.3g, %.3g]; eta/c = %.3g", eigenvalues[0], eigenvalues[-1], eta / n)
+    selection = select_quadratic(problem, config.k, aggregate=config.aggregate)
+    terms = quadratic_terms(problem, selection.weights_per_target)
+    for name, row in zip(range(len(terms)), terms):
+        logger.info("Target %s: T1 = p^T w = %.4g, T2 = (eta/2c) w^T Q w = %.4g, second-order share %.3f",
+                    name, row["T1"], row["T2"], row["second_order_share"])
+    return selection, {
+        "curvature": config.curvature,
+        "landmark_curvature_eigenvalues": [float(eigenvalues[0]), float(eigenvalues[-1])],
+        "objective_terms": terms,
+    }
 
 
 def run_selection(config: SelectConfig, model=None, tokenizer=None) -> SelectionResult:
@@ -163,7 +278,6 @@ def run_selection(config: SelectConfig, model=None, tokenizer=None) -> Selection
     from gradients.jvp import JVPConfig, JVPEmbedder
     from gradients.model import load_model
     from gradients.params import ParameterMask, select_parameters
-    from gradients.projection import make_projector
     from gradients.tokenize import tokenize_samples
     from idopt.selection import select
 
@@ -220,44 +334,28 @@ def run_selection(config: SelectConfig, model=None, tokenizer=None) -> Selection
         mask = None
         if config.grad_mask is not None:
             mask = ParameterMask.for_params(params, count=config.grad_mask, seed=mask_seed)
-        grad_dim = mask.size if mask is not None else sum(p.numel() for p in params.values())
-        projector = make_projector(
-            config.projection, grad_dim, config.proj_dim, proj_seed, device=next(model.parameters()).device
-        )
+        step = model_step(config, model, params, mask, targets, pad_id)
         gradient_settings = dict(
             **common, params=config.params, grad_mask=config.grad_mask, mask_seed=mask_seed,
-            projection=config.projection, proj_dim=config.proj_dim, proj_seed=proj_seed,
+            normalize=step.normalize, optimizer=step.fingerprint, eta=step.eta,
         )
         landmark_samples = [pool[i] for i in landmark_indices]
-        landmark_grads = checkpoints.get_or_compute(
-            "landmark_gradients",
-            stage_key(**gradient_settings, samples=tokens_fingerprint(landmark_samples)),
-            lambda: project_gradients(
-                model, landmark_samples, params, mask, projector, pad_id, config.grad_batch_size, "landmark gradients"
-            ),
-        )
-        target_grads = checkpoints.get_or_compute(
-            "target_gradients",
-            stage_key(**gradient_settings, samples=tokens_fingerprint(targets)),
-            lambda: project_gradients(
-                model, targets, params, mask, projector, pad_id, config.grad_batch_size, "target gradients"
-            ),
-        )
-        target_rows, target_names = target_matrix(target_grads, targets, config.target_grouping)
         holdout_indices = choose_holdout(len(pool), landmark_indices, config.holdout, holdout_seed)
-        holdout_grads = None
-        if len(holdout_indices):
-            holdout_samples = [pool[i] for i in holdout_indices]
-            holdout_grads = checkpoints.get_or_compute(
-                "holdout_gradients",
-                stage_key(**gradient_settings, samples=tokens_fingerprint(holdout_samples)),
-                lambda: project_gradients(
-                    model, holdout_samples, params, mask, projector, pad_id, config.grad_batch_size, "held-out gradients"
-                ),
+        holdout_grads = quadratic = None
+        if config.order == 1:
+            landmark_grads, target_rows, target_names, holdout_grads = _projected_stage(
+                config, model, params, mask, step, landmark_samples, targets, [pool[i] for i in holdout_indices],
+                pad_id, checkpoints, dict(gradient_settings, projection=config.projection, proj_dim=config.proj_dim,
+                                          proj_seed=proj_seed),
+            )
+            landmark_scores = landmark_grads @ target_rows.T
+        else:
+            landmark_scores, quadratic, target_names = _full_space_stage(
+                config, model, params, mask, step, landmark_samples, targets, pad_id, checkpoints,
+                dict(gradient_settings, curvature=config.curvature),
             )
 
     with _stage(timings, "propagate"):
-        landmark_scores = landmark_grads @ target_rows.T
         ridge = KernelRidge.fit(
             embeddings[landmark_indices], landmark_scores, bandwidth=config.bandwidth, damping=config.damping
         )
@@ -268,8 +366,13 @@ def run_selection(config: SelectConfig, model=None, tokenizer=None) -> Selection
             approx = ridge.weights(embeddings[holdout_indices]) @ landmark_grads
             holdout = HoldoutGradients(holdout_indices, holdout_grads, approx, target_rows)
 
+    report = step.report()
     with _stage(timings, "solve"):
-        selection = select(scores, config.k, aggregate=config.aggregate)
+        if config.order == 1:
+            selection = select(scores, config.k, aggregate=config.aggregate)
+        else:
+            selection, quadratic_report = _solve_second_order(config, ridge, embeddings, scores, quadratic, step.eta)
+            report.update(quadratic_report)
 
     return SelectionResult(
         config=config,
@@ -285,5 +388,6 @@ def run_selection(config: SelectConfig, model=None, tokenizer=None) -> Selection
         reports={"pool": _report_dict(pool_report), "target": _report_dict(target_report)},
         originals={sample.id: sample for sample in pool_samples},
         holdout=holdout,
+        method_report=report,
     )
 

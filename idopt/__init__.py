@@ -26,7 +26,7 @@ from idopt.constructors import predicted_loss_change, problem_from_gradients
 from idopt.lam_search import lam_for_support
 from idopt.optimizers import AdamState, SGDState, adam_step_model, sgd_step_model
 from idopt.problem import WeightingProblem
-from idopt.selection import Selection, select, top_k_indices
+from idopt.selection import Selection, select, select_quadratic, top_k_indices
 from idopt.simplex import project_simplex
 from idopt.solution import Solution
 from idopt.solve import available_methods, solve
@@ -65,6 +65,7 @@ __all__ = [
     "lam_interval_for_support",
     "project_simplex",
     "select",
+    "select_quadratic",
     "solve_exact_k",
     "solve_first_order",
     "top_k_indices",

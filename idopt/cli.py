@@ -355,6 +355,122 @@ def _run_robust(args) -> int:
     return 0
 
 
+def _add_warmup(sub) -> None:
+    from gradients.warmup import SCHEDULES, WarmupConfig
+
+    d = WarmupConfig()
+    parser = sub.add_parser(
+        "warmup",
+        help="train briefly with AdamW on a random pool subset and save the model and optimizer state",
+        description=(
+            "Take --steps AdamW steps on --num-samples pool samples drawn at random (target samples are "
+            "left out), with the loss the selection uses: the batch mean of each sample's mean "
+            "assistant-token cross-entropy. Writes OUT/model (safetensors and tokenizer), "
+            "OUT/optimizer (Adam moments, step, learning rates by parameter name) and OUT/warmup.json, "
+            "for `idopt select --model OUT/model --optimizer-state OUT/optimizer`. Without --pool it "
+            "uses the built-in pool that `idopt select` builds with the same --seed and --pool-size."
+        ),
+        formatter_class=_DefaultsFormatter,
+    )
+    data = parser.add_argument_group("data")
+    data.add_argument("--pool", nargs="+", help="pool files: JSONL, JSON, parquet or a saved datasets folder")
+    data.add_argument("--target", nargs="+",
+                      help="target files of the selection, left out of the warm-up (default: the built-in target)")
+    data.add_argument("--pool-size", type=int, default=d.pool_size, help="samples in the built-in pool")
+    data.add_argument("--target-per-task", type=int, default=d.target_per_task,
+                      help="examples per task in the built-in target, left out of the warm-up")
+    data.add_argument("--num-samples", type=int, default=d.num_samples,
+                      help="pool samples drawn at random to train on (the whole pool when it has fewer)")
+    data.add_argument("--max-length", type=int, default=d.max_length,
+                      help="maximum tokens per sample; longer ones are truncated")
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", help="local model folder (safetensors) or .gguf file; default SmolLM2-135M-Instruct")
+    model.add_argument("--gguf-file", help="GGUF file name inside --model")
+    model.add_argument("--dtype", default=d.dtype, choices=["float32", "bfloat16", "float16"], help="parameter dtype")
+    model.add_argument("--device", default=d.device, help="torch device (default: cuda if available, else cpu)")
+
+    train = parser.add_argument_group("training")
+    train.add_argument("--steps", type=int, default=d.steps, help="AdamW steps (optimizer updates)")
+    train.add_argument("--batch-size", type=int, default=d.batch_size, help="samples per step")
+    train.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (AdamW step size)")
+    train.add_argument("--schedule", default=d.schedule, choices=list(SCHEDULES),
+                       help="learning-rate schedule after the ramp-up; linear and cosine reach 0 at the step "
+                            "after the last")
+    train.add_argument("--warmup-steps", type=int, default=d.warmup_steps,
+                       help="steps of linear learning-rate ramp-up from 0, counted in --steps (default: %(default)s)")
+    train.add_argument("--weight-decay", type=float, default=d.weight_decay,
+                       help="AdamW decoupled weight decay coefficient, per unit learning rate; biases and norm "
+                            "weights get none (default: %(default)s)")
+    train.add_argument("--grad-clip", type=float, default=d.grad_clip,
+                       help="largest Euclidean norm of the gradient over the trained parameters (default: no clipping)")
+    train.add_argument("--params", default=d.params,
+                       help="trained parameters: 'all', a name fragment such as 'down_proj', or 're:<regex>'; "
+                            "the others stay frozen")
+    train.add_argument("--seed", type=int, default=d.seed,
+                       help="seed of the subset, the batch order and the built-in pool and target (default: %(default)s)")
+
+    parser.add_argument("-o", "--output", default=d.output, help="output folder")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier warm-up in the output folder")
+    parser.add_argument("--cache", help="cache folder (default: $IDOPT_CACHE, else ~/.cache/idopt)")
+
+
+def _next_select_command(config, result) -> str:
+    """Return the `idopt select` command that selects with the warmed-up model and its optimizer state."""
+    import shlex
+
+    from gradients.warmup import WarmupConfig
+
+    d = WarmupConfig()
+    words = ["idopt", "select", "--model", str(result.model_dir), "--optimizer-state", str(result.optimizer_dir)]
+    if config.pool:
+        words += ["--pool", *map(str, config.pool)]
+    elif config.pool_size != d.pool_size:
+        words += ["--pool-size", str(config.pool_size)]
+    if config.target:
+        words += ["--target", *map(str, config.target)]
+    elif config.target_per_task != d.target_per_task:
+        words += ["--target-per-task", str(config.target_per_task)]
+    if config.seed != d.seed:
+        words += ["--seed", str(config.seed)]
+    if config.params != d.params:
+        words += ["--params", config.params]
+    return shlex.join(words)
+
+
+def _run_warmup(args) -> int:
+    try:
+        import torch  # noqa: F401
+    except ImportError as error:
+        raise SystemExit(
+            "idopt warmup needs PyTorch and transformers: pip install 'idopt[torch]' "
+            "(on CPU-only machines install torch==2.13.0 or another CPU build first)"
+        ) from error
+    from gradients.warmup import WarmupConfig, run_warmup
+
+    names = [f for f in WarmupConfig.__dataclass_fields__ if hasattr(args, f)]
+    config = WarmupConfig(**{name: getattr(args, name) for name in names})
+    result = run_warmup(config)
+
+    losses = result.losses
+    tail = losses[-min(5, len(losses)):]
+    print(f"\nWarm-up: {len(losses)} AdamW steps on {len(result.sample_ids)} pool samples "
+          f"(batch {config.batch_size}, lr {config.lr:g}, {config.schedule} schedule) in {result.seconds:.0f} s.")
+    print(f"Loss (nats per assistant token): {losses[0]:.4f} at the first step, {losses[-1]:.4f} at the last "
+          f"(mean of the last {len(tail)}: {sum(tail) / len(tail):.4f}).")
+    print(f"Model:           {result.model_dir}")
+    print(f"Optimizer state: {result.optimizer_dir} (step {result.state.step}, "
+          f"{len(result.state.exp_avg)} parameter tensors)")
+    print(f"Summary:         {result.output / 'warmup.json'}")
+    if result.next_lr > 0:
+        print(f"The selection models the next step with lr {result.next_lr:g}; `--lr` on select overrides it.")
+    else:
+        print(f"The schedule ended at lr 0: the selection models the next step with the initial lr {config.lr:g} "
+              "and warns; `--lr` on select overrides it.")
+    print("Next:\n  " + _next_select_command(config, result))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``idopt`` command."""
     parser = argparse.ArgumentParser(prog="idopt", description="Influence Distillation: data selection for fine-tuning.")
@@ -368,6 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_select(sub)
     except ImportError as error:
         logger.debug("select is unavailable: %s", error)
+    _add_warmup(sub)
     return parser
 
 
@@ -378,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     level = logging.DEBUG if args.verbose else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     handlers = {"fetch": _run_fetch, "select": _run_select, "solve": _run_solve, "bounds": _run_bounds,
-                "robust-example": _run_robust}
+                "robust-example": _run_robust, "warmup": _run_warmup}
     try:
         return handlers[args.command](args)
     except IdoptError as error:

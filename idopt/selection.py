@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
-from idopt.errors import TieWarning
+from idopt.errors import InvalidInputError, TieWarning
 from idopt.first_order import _top_k_order, solve_exact_k
 from idopt.validation import check_budget, check_choice, check_k, check_scores
 
@@ -47,6 +47,8 @@ class Selection:
         ``Solution.ties_at_boundary`` of the same solutions.
     aggregate : str
         "round_robin" or "mean".
+    weights_per_target : numpy.ndarray, shape (n, m), or None
+        Every target's full weight vector, from :func:`select_quadratic` ("mean": one column).
     """
 
     indices: np.ndarray
@@ -56,6 +58,7 @@ class Selection:
     lam: np.ndarray
     ties_at_boundary: np.ndarray
     aggregate: str
+    weights_per_target: np.ndarray | None = None
 
     @property
     def k(self) -> int:
@@ -157,6 +160,110 @@ def select(p, k: int, aggregate: str = "round_robin", budget=None) -> Selection:
         lams[target] = solution.lam
         ties[target] = solution.ties_at_boundary
 
+    indices, picked_by = _round_robin(orders, n, k)
+
+    weights = weights_per_target[indices, picked_by]
+    scores = p[indices, picked_by]
+    logger.debug("round_robin selection: n=%s m=%s k=%s", n, m, k)
+    return Selection(
+        indices=indices,
+        weights=weights,
+        scores=scores,
+        picked_by=picked_by,
+        lam=lams,
+        ties_at_boundary=ties,
+        aggregate=aggregate,
+    )
+
+
+def select_quadratic(problem, k: int, aggregate: str = "round_robin", *, method: str = "auto", **options) -> Selection:
+    """Select k samples by the exact-k solutions of a problem with a quadratic term.
+
+    Each target j's weights solve
+        minimize -p_j^T w + (eta/2c) w^T Q w + (lam_j/2)||w||^2   s.t.  w >= 0, 1^T w = b
+    with lam_j found by :func:`idopt.lam_search.lam_for_support` so that w has k non-zeros.
+    "mean" solves once with the row mean of p; "round_robin" lets the targets take turns as
+    in :func:`select`, each ranking the samples by its own weights (then by its p on equal
+    weights, lower index first).
+
+    Parameters
+    ----------
+    problem : WeightingProblem
+        p of shape (n,) or (n, m); dense or factored Q. Its lam is ignored.
+    k : int
+        Number of samples to select, 1 <= k <= n.
+    aggregate : {"round_robin", "mean"}
+    method : str
+        Solver method of each trial, see :func:`idopt.solve.solve`.
+    **options
+        Passed to :func:`idopt.lam_search.lam_for_support`.
+
+    Returns
+    -------
+    Selection
+        ``ties_at_boundary`` holds k minus the support size reached (0 when exact): when no lam
+        gives exactly k non-zeros, the remaining picks are the best zero-weight samples by p.
+
+    Warns
+    -----
+    SupportSizeWarning
+        From lam_for_support when a target reaches no exact k.
+    """
+    from idopt.lam_search import lam_for_support
+    from idopt.problem import WeightingProblem
+
+    if not isinstance(problem, WeightingProblem):
+        raise InvalidInputError(f"problem must be a WeightingProblem, got {type(problem).__name__}")
+    check_choice(aggregate, "aggregate", AGGREGATES)
+    n = problem.n
+    k = check_k(k, n)
+    p = problem.p if problem.p.ndim == 2 else problem.p[:, None]
+    if aggregate == "mean":
+        columns = [WeightingProblem(p.mean(axis=1), problem.lam, problem.eta, problem.c, problem.budget,
+                                    problem.Q, problem.A, problem.H)]
+        column_scores = [p.mean(axis=1)]
+    else:
+        columns = [problem.column(j) if problem.p.ndim == 2 else problem for j in range(p.shape[1])]
+        column_scores = [p[:, j] for j in range(p.shape[1])]
+
+    weights, orders, lams, gaps = [], [], [], []
+    for column, scores in zip(tqdm(columns, desc="lam search per target", leave=False), column_scores):
+        result = lam_for_support(column, k, method=method, **options)
+        w = result.solution.w
+        weights.append(w)
+        # Rank by weight, then by score, then by index (np.lexsort sorts by the last key first).
+        orders.append(np.lexsort((np.arange(n), -scores, -w)))
+        lams.append(result.lam)
+        gaps.append(k - min(result.support_size, k))
+
+    if aggregate == "mean":
+        indices = orders[0][:k].astype(np.int64)
+        picked_by = np.full(k, -1, dtype=np.int64)
+        chosen_weights = weights[0][indices]
+        chosen_scores = column_scores[0][indices]
+    else:
+        indices, picked_by = _round_robin(orders, n, k)
+        chosen_weights = np.array([weights[t][i] for i, t in zip(indices, picked_by)])
+        chosen_scores = np.array([column_scores[t][i] for i, t in zip(indices, picked_by)])
+    return Selection(
+        indices=indices,
+        weights=chosen_weights,
+        scores=chosen_scores,
+        picked_by=picked_by,
+        lam=np.array(lams),
+        ties_at_boundary=np.array(gaps, dtype=np.int64),
+        aggregate=aggregate,
+        weights_per_target=np.stack(weights, axis=1),
+    )
+
+
+def _round_robin(orders: list[np.ndarray], n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Merge per-target rankings: targets take turns picking their best sample not picked yet.
+
+    orders[j] ranks target j's samples, best first, and holds at least k of them. Returns
+    (indices (k,), picked_by (k,)) in pick order.
+    """
+    m = len(orders)
     picked = np.zeros(n, dtype=bool)
     cursors = [0] * m
     indices = np.empty(k, dtype=np.int64)
@@ -177,15 +284,4 @@ def select(p, k: int, aggregate: str = "round_robin", budget=None) -> Selection:
         indices[count] = index
         picked_by[count] = target
 
-    weights = weights_per_target[indices, picked_by]
-    scores = p[indices, picked_by]
-    logger.debug("round_robin selection: n=%s m=%s k=%s", n, m, k)
-    return Selection(
-        indices=indices,
-        weights=weights,
-        scores=scores,
-        picked_by=picked_by,
-        lam=lams,
-        ties_at_boundary=ties,
-        aggregate=aggregate,
-    )
+    return indices, picked_by
