@@ -294,7 +294,7 @@ class OptimizerState:
 
         Returns
         -------
-        (N,) float32 tensor a and (N,) float32 tensor b0 (None when momentum and weight decay are
+        (N,) float64 tensor a and (N,) float64 tensor b0 (None when momentum and weight decay are
         both zero), on the CPU. N is the flat selected (masked) dimension.
         """
         self.require(list(params))
@@ -320,9 +320,9 @@ class OptimizerState:
             )
             model = adam_step_model(adam)
             ratio = group.lr / eta if group.lr > 0 else 1.0
-            scales.append(torch.from_numpy(ratio * model.scale).float())
+            scales.append(torch.from_numpy(ratio * model.scale))
             offset = model.offset if model.offset is not None else np.zeros_like(model.scale)
-            offsets.append(torch.from_numpy(ratio * offset).float())
+            offsets.append(torch.from_numpy(ratio * offset))
         scale = torch.cat(scales)
         offset = torch.cat(offsets)
         return scale, (offset if bool(offset.any()) else None)

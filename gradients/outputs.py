@@ -6,7 +6,11 @@ Files in the output folder:
 - ``selected.jsonl``: the selected samples in the chat ``messages`` format, in rank order, each
   with its ``weight``.
 - ``summary.json``: every setting, the seed, seconds per stage, package versions, tokenization
-  reports and the share of each source in the pool and in the selection.
+  reports, the share of each source in the pool and in the selection, and under ``method`` the
+  modeled step (order, optimizer, learning rate) and, for order 2, each target's T1, T2 and
+  second-order share.
+- Order 2: ``landmark_curvature.npy`` (L x L, Q_L) and ``weights_per_target.npy`` (n x m, each
+  target's own solution).
 - ``scores.npy`` (n x m), ``embeddings.npy`` (n x e), ``landmark_indices.npy`` (L,) and
   ``landmark_scores.npy`` (L x m), for analyses; load them with ``allow_pickle=False``.
 - With a held-out set: ``holdout_indices.npy`` (h,), ``holdout_gradients.npy`` and
@@ -25,6 +29,8 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+
+from idopt.json_report import json_safe
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +134,11 @@ def write_outputs(result, out_dir: str | Path, original_samples: dict | None = N
     np.save(out / "embeddings.npy", result.embeddings)
     np.save(out / "landmark_indices.npy", result.landmark_indices)
     np.save(out / "landmark_scores.npy", result.landmark_scores)
+    landmark_curvature = getattr(result, "landmark_curvature", None)
+    if landmark_curvature is not None:
+        np.save(out / "landmark_curvature.npy", landmark_curvature)
+    if selection.weights_per_target is not None:
+        np.save(out / "weights_per_target.npy", selection.weights_per_target)
     holdout = getattr(result, "holdout", None)
     if holdout is not None:
         np.save(out / "holdout_indices.npy", holdout.indices)
@@ -145,6 +156,7 @@ def write_outputs(result, out_dir: str | Path, original_samples: dict | None = N
         "num_landmarks": int(len(result.landmark_indices)),
         "k": int(len(selection.indices)),
         "seconds_per_stage": result.timings,
+        "method": json_safe(getattr(result, "method_report", {})),
         "tokenization": result.reports,
         "source_shares": source_shares(pool, selection.indices),
         "task_shares": [

@@ -47,7 +47,7 @@ class SelectionResult:
     originals: sample id -> loaded ``Sample`` of the pool, for writing the selected samples.
     holdout: exact and approximated gradients of held-out pool samples (``config.holdout`` > 0).
     method_report: order, learning rate, optimizer state and, for order 2, the Q_L spectrum
-    and each target's first- and second-order terms.
+    and each target's first- and second-order terms. landmark_curvature: (L, L) Q_L for order 2.
     """
 
     config: SelectConfig
@@ -64,6 +64,7 @@ class SelectionResult:
     originals: dict = field(default_factory=dict)
     holdout: "HoldoutGradients | None" = None
     method_report: dict = field(default_factory=dict)
+    landmark_curvature: np.ndarray | None = None
 
 
 @dataclass
@@ -247,7 +248,7 @@ def _full_space_stage(config, model, params, mask, step, landmark_samples, targe
     return stacked[:, :len(names)], stacked[:, len(names):], names
 
 
-def _solve_second_order(config, ridge, embeddings, scores, landmark_q, eta):
+def _solve_second_order(config, ridge, embeddings, scores, landmark_q, eta, target_names):
     """Solve with Q = C Q_L C^T kept factored (A = C^T, H = Q_L); return the selection and a report."""
     from idopt.problem import WeightingProblem
     from idopt.selection import select_quadratic
@@ -259,7 +260,9 @@ def _solve_second_order(config, ridge, embeddings, scores, landmark_q, eta):
     logger.info("Q_L eigenvalues in [%.3g, %.3g]; eta/c = %.3g", eigenvalues[0], eigenvalues[-1], eta / n)
     selection = select_quadratic(problem, config.k, aggregate=config.aggregate)
     terms = quadratic_terms(problem, selection.weights_per_target)
-    for name, row in zip(range(len(terms)), terms):
+    names = ["mean over targets"] if config.aggregate == "mean" else list(target_names)
+    for name, row in zip(names, terms):
+        row["target"] = name
         logger.info("Target %s: T1 = p^T w = %.4g, T2 = (eta/2c) w^T Q w = %.4g, second-order share %.3f",
                     name, row["T1"], row["T2"], row["second_order_share"])
     return selection, {
@@ -366,12 +369,14 @@ def run_selection(config: SelectConfig, model=None, tokenizer=None) -> Selection
             approx = ridge.weights(embeddings[holdout_indices]) @ landmark_grads
             holdout = HoldoutGradients(holdout_indices, holdout_grads, approx, target_rows)
 
-    report = step.report()
+    report = {"order": config.order, **step.report()}
     with _stage(timings, "solve"):
         if config.order == 1:
             selection = select(scores, config.k, aggregate=config.aggregate)
         else:
-            selection, quadratic_report = _solve_second_order(config, ridge, embeddings, scores, quadratic, step.eta)
+            selection, quadratic_report = _solve_second_order(
+                config, ridge, embeddings, scores, quadratic, step.eta, target_names
+            )
             report.update(quadratic_report)
 
     return SelectionResult(
@@ -389,5 +394,6 @@ def run_selection(config: SelectConfig, model=None, tokenizer=None) -> Selection
         originals={sample.id: sample for sample in pool_samples},
         holdout=holdout,
         method_report=report,
+        landmark_curvature=quadratic,
     )
 

@@ -43,17 +43,19 @@ def _add_fetch(sub) -> None:
 
 
 def _add_select(sub) -> None:
-    from gradients.config import SelectConfig
+    from gradients.config import DEFAULT_SGD_LR, SelectConfig
 
     d = SelectConfig()
     parser = sub.add_parser(
         "select",
-        help="select and weight pool samples for target samples (first-order, landmarks)",
+        help="select and weight pool samples for target samples (landmarks; first or second order)",
         description=(
-            "Run first-order Influence Distillation with landmarks: JVP embeddings of every pool "
-            "sample, projected gradients of landmark and target samples, kernel ridge propagation "
-            "and exact first-order weights with k non-zeros. Without --pool and --target it runs on "
-            "the built-in BIG-bench + HumanEval default (run `idopt fetch` first)."
+            "Run Influence Distillation with landmarks: JVP embeddings of every pool sample, gradients "
+            "of landmark and target samples, kernel ridge propagation and exact weights with k "
+            "non-zeros. First order projects the gradients; --order 2 adds the curvature term in full "
+            "parameter space. --optimizer-state models an Adam/AdamW step instead of gradient descent. "
+            "Without --pool and --target it runs on the built-in BIG-bench + HumanEval default (run "
+            "`idopt fetch` first)."
         ),
         formatter_class=_DefaultsFormatter,
     )
@@ -100,6 +102,30 @@ def _add_select(sub) -> None:
                         help="RBF bandwidth in embedding units (default: median heuristic)")
     method.add_argument("--seed", type=int, default=d.seed, help="seed of landmarks, directions, masks and projections")
 
+    step = parser.add_argument_group("optimizer step and order")
+    step.add_argument("--order", type=int, default=d.order, choices=[1, 2],
+                      help="1: first-order weights; 2: add the curvature term (eta/2c) w^T Q w with Q = C Q_L C^T "
+                           "from Hessian-vector products of the target loss")
+    step.add_argument("--optimizer-state",
+                      help="Adam/AdamW state to model the next step with: an `idopt warmup` optimizer folder, a "
+                           "transformers Trainer checkpoint folder or a torch.optim state dict file "
+                           "(default: plain gradient descent)")
+    step.add_argument("--lr", type=float, default=d.lr,
+                      help="learning rate eta of the modeled step (default: the optimizer state's lr, or "
+                           f"{DEFAULT_SGD_LR:g} without a state)")
+    step.add_argument("--curvature", default=d.curvature, choices=["hessian", "gauss_newton"],
+                      help="target curvature for --order 2 and the momentum shift: the exact Hessian (double "
+                           "backward) or the positive semidefinite Gauss-Newton matrix")
+    step.add_argument("--normalize", dest="normalize", action="store_true", default=None,
+                      help="scale every per-sample gradient to unit norm (default: only for first order "
+                           "without an optimizer state)")
+    step.add_argument("--no-normalize", dest="normalize", action="store_false",
+                      help="keep raw gradients, also for first order")
+    step.add_argument("--hvp-batch-size", type=int, default=d.hvp_batch_size,
+                      help="target samples per Hessian-vector-product batch")
+    step.add_argument("--hvp-chunk", type=int, default=d.hvp_chunk,
+                      help="vectors per block of Hessian-vector products (each holds one full-length gradient)")
+
     parser.add_argument("-o", "--output", default=d.output, help="output folder")
     parser.add_argument("--no-resume", dest="resume", action="store_false",
                         help="recompute every stage instead of reusing the checkpoints an earlier run with "
@@ -138,6 +164,12 @@ def _run_select(args) -> int:
           f"{len(result.target_names)} targets ({', '.join(result.target_names)}) in {total:.0f} s.")
     print("Share of each task in the pool and in the selection (ratio > 1: favoured):\n")
     print(format_share_table(rows, limit=25))
+    method = result.method_report
+    print(f"\nModeled step: {method['optimizer']} with learning rate {method['learning_rate']:.3g}, "
+          f"order {method['order']}.")
+    for terms in method.get("objective_terms", []):
+        print(f"  {terms['target']}: T1 = p^T w = {terms['T1']:.4g}, T2 = (eta/2c) w^T Q w = {terms['T2']:.4g}, "
+              f"second-order share {terms['second_order_share']:.1%}")
     print(f"\nWrote {out}/selection.csv, selected.jsonl and summary.json")
     return 0
 
@@ -471,6 +503,105 @@ def _run_warmup(args) -> int:
     return 0
 
 
+def _add_order_ratio(sub) -> None:
+    from gradients.order_ratio import OrderRatioConfig
+
+    d = OrderRatioConfig()
+    parser = sub.add_parser(
+        "order-ratio",
+        help="compare the first- and second-order terms of the target-loss change over a learning-rate grid",
+        description=(
+            "For R random sets of --num-source pool samples with weights w = 1, compute T1 = p^T w and "
+            "T2 = (eta/2c) w^T Q w (p = D^T g_T, Q = D^T H_T D, c = --num-source) exactly, without landmarks "
+            "or projection, and report |T2/T1| for every learning rate eta. One summed source gradient and "
+            "one Hessian-vector product per draw give the same numbers as forming p and Q. Writes "
+            "OUT/order_ratio.json, order_ratio.csv and order_ratio.png (log-log |T2/T1| against eta) and "
+            "prints a table. Without --pool and --target it runs on the built-in BIG-bench + HumanEval "
+            "default (run `idopt fetch` first)."
+        ),
+        formatter_class=_DefaultsFormatter,
+    )
+    data = parser.add_argument_group("data")
+    data.add_argument("--pool", nargs="+", help="pool files: JSONL, JSON, parquet or a saved datasets folder")
+    data.add_argument("--target", nargs="+", help="target files, same formats as --pool")
+    data.add_argument("--target-task",
+                      help="target task: a built-in BIG-bench task name (default: date_understanding), or with "
+                           "--target the `source` of the records to keep (default: every record)")
+    data.add_argument("--num-source", type=int, default=d.num_source,
+                      help="source samples c drawn at random from the pool in each draw")
+    data.add_argument("--num-target", type=int, default=d.num_target, help="target samples of the task")
+    data.add_argument("--pool-size", type=int, default=d.pool_size, help="samples in the built-in pool")
+    data.add_argument("--max-length", type=int, default=d.max_length,
+                      help="maximum tokens per sample; longer ones are truncated")
+    data.add_argument("--repeats", type=int, default=d.repeats,
+                      help="independent random draws of the source set; the table gives the median, min and "
+                           "max of |T2/T1| over them")
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", help="local model folder (safetensors) or .gguf file; default SmolLM2-135M-Instruct")
+    model.add_argument("--gguf-file", help="GGUF file name inside --model")
+    model.add_argument("--dtype", default=d.dtype, choices=["float32", "bfloat16", "float16"], help="parameter dtype")
+    model.add_argument("--device", default=d.device, help="torch device (default: cuda if available, else cpu)")
+
+    method = parser.add_argument_group("method")
+    method.add_argument("--lrs", type=float, nargs="+", default=None,
+                        help="learning rates eta of the grid, each > 0 (default: 9 log-spaced values from 1e-6 to 1e-2)")
+    method.add_argument("--curvature", default=d.curvature, choices=["hessian", "gauss_newton"],
+                        help="target curvature: the exact Hessian (double backward) or the positive semidefinite "
+                             "Gauss-Newton matrix")
+    method.add_argument("--optimizer-state",
+                        help="Adam/AdamW state to model the step with: an `idopt warmup` optimizer folder, a "
+                             "Trainer checkpoint folder or a torch.optim state dict file; eta on the grid then "
+                             "replaces its learning rate (default: plain gradient descent)")
+    method.add_argument("--params", default=d.params,
+                        help="gradient parameters: 'all', a name fragment such as 'down_proj', or 're:<regex>'")
+    method.add_argument("--grad-mask", type=int, default=d.grad_mask,
+                        help="keep this many random parameter elements (default: all)")
+    method.add_argument("--batch-size", type=int, default=d.batch_size, help="samples per forward and backward pass")
+    method.add_argument("--explicit", action="store_true",
+                        help="also form p and Q from per-sample gradients and --num-source Hessian-vector products "
+                             "per draw and report the largest relative difference to the fast path (memory: "
+                             "4 bytes x num-source x parameters; use a small --num-source or --grad-mask)")
+    method.add_argument("--seed", type=int, default=d.seed, help="seed of the draws, the mask and the built-in data")
+
+    parser.add_argument("-o", "--output", default=d.output, help="output folder")
+    parser.add_argument("--cache", help="cache folder (default: $IDOPT_CACHE, else ~/.cache/idopt)")
+
+
+def _run_order_ratio(args) -> int:
+    try:
+        import torch  # noqa: F401
+    except ImportError as error:
+        raise SystemExit(
+            "idopt order-ratio needs PyTorch and transformers: pip install 'idopt[torch]' "
+            "(on CPU-only machines install torch==2.13.0 or another CPU build first)"
+        ) from error
+    from gradients.order_ratio import (
+        OrderRatioConfig, describe_level, format_order_ratio_table, run_order_ratio, write_order_ratio,
+    )
+
+    names = [name for name in OrderRatioConfig.__dataclass_fields__ if name != "lrs" and hasattr(args, name)]
+    config = OrderRatioConfig(**{name: getattr(args, name) for name in names})
+    if args.lrs is not None:
+        config.lrs = tuple(args.lrs)
+    result = run_order_ratio(config)
+
+    total = sum(result.seconds.values())
+    target = result.target_task or "the target files"
+    print(f"\nT1 = p^T w and T2 = (eta/2c) w^T Q w for w = 1 on {result.terms.count} source samples "
+          f"({len(result.source_ids)} random draws), {len(result.target_ids)} targets of {target}, "
+          f"{result.optimizer} step, {config.curvature} curvature, {result.num_parameters} parameters, "
+          f"in {total:.0f} s.\n")
+    print(format_order_ratio_table(result))
+    print("\n" + describe_level(result))
+    if result.explicit is not None:
+        print(f"Explicit p and Q: largest relative difference {result.explicit['max']:.2g} "
+              f"(T1 {result.explicit['T1']:.2g}, T2 {result.explicit['T2']:.2g}).")
+    paths = write_order_ratio(result, config.output)
+    print(f"Wrote {paths['json']}, {paths['csv']} and {paths['png']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``idopt`` command."""
     parser = argparse.ArgumentParser(prog="idopt", description="Influence Distillation: data selection for fine-tuning.")
@@ -485,6 +616,7 @@ def build_parser() -> argparse.ArgumentParser:
     except ImportError as error:
         logger.debug("select is unavailable: %s", error)
     _add_warmup(sub)
+    _add_order_ratio(sub)
     return parser
 
 
@@ -495,7 +627,7 @@ def main(argv: list[str] | None = None) -> int:
     level = logging.DEBUG if args.verbose else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     handlers = {"fetch": _run_fetch, "select": _run_select, "solve": _run_solve, "bounds": _run_bounds,
-                "robust-example": _run_robust, "warmup": _run_warmup}
+                "robust-example": _run_robust, "warmup": _run_warmup, "order-ratio": _run_order_ratio}
     try:
         return handlers[args.command](args)
     except IdoptError as error:

@@ -201,8 +201,9 @@ def select_quadratic(problem, k: int, aggregate: str = "round_robin", *, method:
     Returns
     -------
     Selection
-        ``ties_at_boundary`` holds k minus the support size reached (0 when exact): when no lam
-        gives exactly k non-zeros, the remaining picks are the best zero-weight samples by p.
+        ``ties_at_boundary`` holds |support size - k| per solve (0 when exact). When no lam gives
+        exactly k non-zeros (an indefinite Q can keep the support above k for every valid lam),
+        the picks are the k largest weights, then the best zero-weight samples by p.
 
     Warns
     -----
@@ -234,7 +235,7 @@ def select_quadratic(problem, k: int, aggregate: str = "round_robin", *, method:
         # Rank by weight, then by score, then by index (np.lexsort sorts by the last key first).
         orders.append(np.lexsort((np.arange(n), -scores, -w)))
         lams.append(result.lam)
-        gaps.append(k - min(result.support_size, k))
+        gaps.append(abs(result.support_size - k))
 
     if aggregate == "mean":
         indices = orders[0][:k].astype(np.int64)
