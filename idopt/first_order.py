@@ -24,7 +24,7 @@ import numpy as np
 
 from idopt.certificate import KKTCertificate, kkt_certificate
 from idopt.errors import InaccurateSolutionWarning, TieWarning
-from idopt.simplex import METHODS, simplex_threshold
+from idopt.simplex import METHODS, simplex_support
 from idopt.solution import Solution
 from idopt.status import Status
 from idopt.validation import (
@@ -32,8 +32,10 @@ from idopt.validation import (
     check_budget,
     check_choice,
     check_finite,
+    check_finite_range,
     check_k,
     check_lam,
+    check_nonempty,
     check_scores,
     check_shape,
 )
@@ -72,20 +74,49 @@ def first_order_objective(w, p, lam) -> float:
     return float(-np.dot(p, w) + 0.5 * lam * np.dot(w, w))
 
 
-def _certify(w: np.ndarray, p: np.ndarray, lam: float, budget: float) -> tuple[float, KKTCertificate]:
+def _certify(
+    w: np.ndarray,
+    p: np.ndarray,
+    lam: float,
+    budget: float,
+    support: np.ndarray | None = None,
+    p_range: tuple[float, float] | None = None,
+) -> tuple[float, KKTCertificate]:
     """Return F(w) and the KKT certificate of w for grad F(w) = lam * w - p.
 
     For w >= 0 the gradient is -p wherever w_i = 0, so the certificate needs lam * w - p only
     on the support. The residuals are those of :func:`kkt_certificate` (support_tol = 0),
-    computed from w and p without length-n float temporaries; any other w goes through
+    computed from w and p without length-n float temporaries (one copy of p only when some
+    score above -nu lies off the support); any other w goes through
     :func:`kkt_certificate` itself.
+
+    Parameters
+    ----------
+    w, p : numpy.ndarray, shape (n,)
+        Weights and scores, finite float64.
+    lam, budget : float
+        lam >= 0 and b > 0.
+    support : numpy.ndarray, optional
+        Ascending, distinct indices that the caller expects to be {i : w_i > 0}. They are
+        checked against w (all w[support] > 0 and as many positive entries in w), which
+        saves finding the support in w; indices that fail the check are ignored.
+    p_range : (float, float), optional
+        (min(p), max(p)) when the caller has them.
     """
     n = w.shape[0]
+    p_min, p_max = p_range if p_range is not None else (float(np.min(p)), float(np.max(p)))
     # Rounding in grad = -p + lam * w scales with the larger of its two terms.
-    p_scale = max(float(np.max(p)), -float(np.min(p)))
+    p_scale = max(p_max, -p_min)
     w_min = float(np.min(w))
-    # flatnonzero of a boolean mask is several times faster than of the float array.
-    support = np.flatnonzero(w > 0)
+    positive = w > 0
+    if support is not None:
+        w_support = w.take(support)
+        if not (np.count_nonzero(positive) == support.shape[0] and np.all(w_support > 0)):
+            support = None
+    if support is None:
+        # flatnonzero of a boolean mask is several times faster than of the float array.
+        support = np.flatnonzero(positive)
+        w_support = w.take(support)
     if not w_min >= 0 or support.size == 0:
         grad = lam * w
         grad -= p
@@ -93,25 +124,30 @@ def _certify(w: np.ndarray, p: np.ndarray, lam: float, budget: float) -> tuple[f
         certificate = kkt_certificate(w, grad, budget, grad_scale=grad_scale)
         return float(-np.dot(p, w) + 0.5 * lam * np.dot(w, w)), certificate
 
-    w_support = w[support]
-    p_support = p[support]
+    p_support = p.take(support)
     w_max = float(np.max(w_support))
     g_scale = max(p_scale, lam * w_max) or 1.0
-    grad_support = lam * w_support - p_support
-    nu = float(np.mean(grad_support))
-    mu_support = np.abs(grad_support - nu)
+    # mu = |grad - nu| on the support, grad = lam * w - p, built in one buffer.
+    mu_support = lam * w_support
+    mu_support -= p_support
+    nu = float(np.mean(mu_support))
+    mu_support -= nu
+    np.abs(mu_support, out=mu_support)
     stationarity = float(np.max(mu_support)) / g_scale
+    dual = 0.0
     if support.size < n:
-        # Off the support grad_i = -p_i, so min(grad - nu) there is -max(p) - nu. A copy with
-        # the support masked out was the fastest way to take that maximum in numpy 2.4.
-        p_off = p.copy()
-        p_off[support] = -np.inf
-        p_off_max = float(np.max(p_off))
-        del p_off
-        dual = max(0.0, nu + p_off_max) / g_scale
-    else:
-        dual = 0.0
-    complementarity = float(np.max(mu_support * w_support)) / (g_scale * w_max)
+        # Off the support grad_i = -p_i, so the dual residual is max(0, nu + max_off p) / g.
+        # It is 0 unless some p_i > -nu lies off the support, which two counts show without
+        # copying p. In floating point p_i > -nu exactly when p_i + nu > 0.
+        above = np.greater(p, -nu, out=positive)
+        off_above = np.count_nonzero(above) - np.count_nonzero(p_support > -nu)
+        if off_above:
+            p_off = p.copy()
+            p_off[support] = -np.inf
+            dual = max(0.0, nu + float(np.max(p_off))) / g_scale
+            del p_off
+    mu_support *= w_support
+    complementarity = float(np.max(mu_support)) / (g_scale * w_max)
     primal = abs(float(np.sum(w_support)) - budget) / budget
     certificate = KKTCertificate(
         stationarity=stationarity,
@@ -127,9 +163,10 @@ def _certify(w: np.ndarray, p: np.ndarray, lam: float, budget: float) -> tuple[f
 
 
 def _finish(
-    w, nu, p, lam, budget, method, iterations, started, tol, ties=0, restricted=False, extras=None
+    w, nu, p, lam, budget, method, iterations, started, tol,
+    ties=0, restricted=False, extras=None, support=None, p_range=None,
 ) -> Solution:
-    objective, certificate = _certify(w, p, lam, budget)
+    objective, certificate = _certify(w, p, lam, budget, support=support, p_range=p_range)
     if restricted:
         status = Status.OPTIMAL_RESTRICTED
     elif certificate.passes(tol):
@@ -166,16 +203,17 @@ def _finish(
     return solution
 
 
-def _weights_on_support(p: np.ndarray, lam: float, budget: float, support: np.ndarray):
-    """Compute w and nu given the support, avoiding cancellation between p and lam * b.
+def _weights_on_support(values: np.ndarray, index: np.ndarray, lam: float, budget: float):
+    """Compute the weights on a support A, avoiding cancellation between p and lam * b.
 
-    On a support A: w_i = b / |A| + (p_i - mean_A(p)) / lam and nu = lam * b / |A| - mean_A(p).
+    On A: w_i = b / |A| + (p_i - mean_A(p)) / lam and nu = lam * b / |A| - mean_A(p).
     Entries that this puts at w_i <= 0 (only through rounding at the support's edge)
     are dropped and the formula is applied again.
+
+    ``values`` (|A|,) holds p[index]; ``index`` (|A|,) the ascending indices of A.
+    Returns (index, weights, nu) for the final support.
     """
-    index = np.flatnonzero(support)
     while True:
-        values = p[index]
         mean = float(np.mean(values))
         deviations = values - mean
         # Second centering pass: the rounding error of `mean` (an ulp of max|p|) would be
@@ -183,16 +221,18 @@ def _weights_on_support(p: np.ndarray, lam: float, budget: float, support: np.nd
         correction = float(np.mean(deviations))
         deviations -= correction
         mean += correction
-        weights = deviations / lam + budget / index.shape[0]
+        deviations /= lam
+        deviations += budget / index.shape[0]
+        weights = deviations
         positive = weights > 0
         if positive.all():
             break
         # The maximal score gets weight >= b / |A| > 0, so the support never empties.
-        index = index[positive]
-    w = np.zeros(p.shape[0])
-    w[index] = weights
+        keep = np.flatnonzero(positive)
+        index = index.take(keep)
+        values = values.take(keep)
     nu = lam * budget / index.shape[0] - mean
-    return w, nu
+    return index, weights, nu
 
 
 def solve_first_order(p, lam, budget=None, method: str = "auto", tol: float = DEFAULT_TOL) -> Solution:
@@ -200,7 +240,7 @@ def solve_first_order(p, lam, budget=None, method: str = "auto", tol: float = DE
 
     For lam > 0: w = max(p - tau, 0) / lam, where tau is the threshold of the projection
     of p onto {w >= 0, 1^T w = lam * b}; nu = -tau. The support is found with
-    :func:`idopt.simplex.simplex_threshold` and the weights are recomputed on it as
+    :func:`idopt.simplex.simplex_support` and the weights are recomputed on it as
     w_i = b / |A| + (p_i - mean_A(p)) / lam, which avoids the cancellation in p_i - tau
     when lam * b is small against |p|.
 
@@ -216,7 +256,7 @@ def solve_first_order(p, lam, budget=None, method: str = "auto", tol: float = DE
         Regularization weight lam >= 0 (unit of p per unit weight).
     budget : float, optional
         Total weight b > 0; n when None (average weight 1).
-    method : {"auto", "sort", "michelot", "condat"}
+    method : {"auto", "sort", "michelot", "condat", "sampled"}
         Projection method, see :func:`idopt.simplex.project_simplex`.
     tol : float, default 1e-9
         Certificate tolerance: the status is OPTIMAL when every relative KKT residual is
@@ -234,35 +274,48 @@ def solve_first_order(p, lam, budget=None, method: str = "auto", tol: float = DE
         unknown.
     """
     started = time.perf_counter()
-    p = check_scores(p, "p", ndim=1)
+    p = as_float_array(p, "p", ndim=1)
+    check_nonempty(p, "p")
+    # One min and one max check finiteness and give the certificate its scale of p.
+    p_range = check_finite_range(p, "p")
+    p_max = p_range[1]
     lam = check_lam(lam)
-    b = check_budget(budget, p.shape[0])
+    n = p.shape[0]
+    b = check_budget(budget, n)
     check_choice(method, "method", METHODS)
 
     if lam == 0.0:
-        p_max = float(np.max(p))
-        top = p == p_max
-        w = np.zeros(p.shape[0])
-        w[top] = b / np.count_nonzero(top)
-        return _finish(w, -p_max, p, lam, b, "lp:argmax", 1, started, tol)
+        top = np.flatnonzero(p == p_max)
+        w = np.zeros(n)
+        w[top] = b / top.shape[0]
+        return _finish(
+            w, -p_max, p, lam, b, "lp:argmax", 1, started, tol, support=top, p_range=p_range
+        )
 
     scaled_budget = lam * b
     iterations = 1
     if scaled_budget == 0.0:
         # lam * b underflows: the support is the set of maximal scores, as for lam = 0.
-        support = p == np.max(p)
+        index = np.flatnonzero(p == p_max)
+        values = p.take(index)
         used = "underflow"
     elif not np.isfinite(scaled_budget):
         # lam * b overflows: every sample is in the support (w -> b / n).
-        support = np.ones(p.shape[0], dtype=bool)
+        index = np.arange(n)
+        values = p
         used = "overflow"
     else:
-        tau, used, iterations = simplex_threshold(p, scaled_budget, method)
-        support = p > tau
-        if not support.any():
-            support = p == np.max(p)
-    w, nu = _weights_on_support(p, lam, b, support)
-    return _finish(w, nu, p, lam, b, f"projection:{used}", iterations, started, tol)
+        # The support comes back with the threshold, so p is not scanned again for it.
+        found = simplex_support(p, scaled_budget, method)
+        index, values = found.index, found.values
+        used, iterations = found.method, found.iterations
+    index, weights, nu = _weights_on_support(values, index, lam, b)
+    w = np.zeros(n)
+    w[index] = weights
+    return _finish(
+        w, nu, p, lam, b, f"projection:{used}", iterations, started, tol,
+        support=index, p_range=p_range,
+    )
 
 
 def _top_k_order(scores: np.ndarray, k: int) -> np.ndarray:

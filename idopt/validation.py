@@ -89,6 +89,21 @@ def check_finite(array: np.ndarray, name: str) -> None:
     )
 
 
+def check_finite_range(array: np.ndarray, name: str) -> tuple[float, float]:
+    """Return (min, max) of a non-empty float array, raising as :func:`check_finite` does.
+
+    NaN propagates through np.min and np.max, and an infinite entry is an infinite
+    extreme, so two finite extremes prove every entry finite. Solvers that need the range
+    of their input anyway get the finiteness check from the same two passes.
+    """
+    low = float(np.min(array))
+    high = float(np.max(array))
+    if not (np.isfinite(low) and np.isfinite(high)):
+        # Some entry is NaN or infinite, so check_finite raises with its count and index.
+        check_finite(array, name)
+    return low, high
+
+
 def check_nonempty(array: np.ndarray, name: str) -> None:
     """Raise if ``array`` has no samples (first dimension 0) or no columns."""
     if array.size == 0:

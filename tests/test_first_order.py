@@ -258,3 +258,68 @@ def test_exact_k_tie_property(data):
     assert set(solution.support.tolist()) == set(order[:k].tolist())
     tied = p == p[order[k - 1]]
     assert solution.ties_at_boundary == np.count_nonzero(tied[order[k:]])
+
+
+def large_scores(distribution, n, rng):
+    if distribution == "normal":
+        return rng.standard_normal(n)
+    if distribution == "cauchy":
+        return rng.standard_cauchy(n)
+    if distribution == "sorted":
+        return np.sort(rng.standard_normal(n))
+    # Few distinct values: many ties at the threshold.
+    return rng.integers(0, 5, n).astype(np.float64)
+
+
+@pytest.mark.parametrize("distribution", ["normal", "cauchy", "sorted", "ties"])
+@pytest.mark.parametrize("fraction", [0.001, 0.1, 0.6])
+def test_large_n_methods_agree(distribution, fraction):
+    # n = 20000 > 4096 runs "sampled" through its candidate set. lam is chosen for a
+    # support of about `fraction` * n.
+    rng = np.random.default_rng(5)
+    n = 20_000
+    p = large_scores(distribution, n, rng)
+    cut = np.quantile(p, 1.0 - fraction)
+    lam = max(float(np.mean(np.maximum(p - cut, 0.0))), 1e-3)
+    solutions = [solve_first_order(p, lam, method=method) for method in ("auto",) + METHODS]
+    reference = solutions[1].w  # sort
+    for solution in solutions:
+        assert solution.status == Status.OPTIMAL, solution.method
+        assert solution.certificate.max_residual < 1e-10, solution.method
+        assert np.min(solution.w) >= 0
+        assert abs(np.sum(solution.w) - n) <= 1e-12 * n
+        assert solution.support_size == np.count_nonzero(solution.w)
+        assert np.max(np.abs(solution.w - reference)) <= weight_tolerance(p, lam, n), solution.method
+    assert solutions[0].method == "projection:sampled"
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    seed=st.integers(0, 2**31),
+    n=st.integers(1, 40),
+    lam=st.floats(1e-3, 10.0),
+    shift=st.integers(-1, 1),
+)
+def test_certificate_with_given_support(seed, n, lam, shift):
+    """Property: a given support changes no residual, and a wrong one is ignored."""
+    from idopt.first_order import _certify
+
+    rng = np.random.default_rng(seed)
+    p = rng.normal(size=n)
+    w = rng.random(n) * (rng.random(n) < 0.5)
+    budget = float(max(w.sum(), 1.0))
+    support = np.flatnonzero(w > 0)
+    if shift:
+        # A wrong guess: one index dropped or one zero-weight index added.
+        candidates = support if shift < 0 else np.flatnonzero(w == 0)
+        if candidates.size:
+            picked = candidates[rng.integers(candidates.size)]
+            if shift < 0:
+                support = np.setdiff1d(support, [picked])
+            else:
+                support = np.union1d(support, [picked])
+    expected_objective, expected = _certify(w, p, lam, budget)
+    p_range = (float(p.min()), float(p.max()))
+    objective, got = _certify(w, p, lam, budget, support=support, p_range=p_range)
+    assert got == expected
+    assert objective == expected_objective

@@ -8,7 +8,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from idopt.simplex import project_simplex, simplex_threshold
+from idopt.simplex import (
+    _candidates_sampled,
+    project_simplex,
+    simplex_support,
+    simplex_threshold,
+)
 
 EXPLICIT_METHODS = ("sort", "michelot", "condat", "sampled")
 
@@ -103,6 +108,39 @@ def test_auto_picks_by_size():
     assert few_positive == "sampled"
     assert most_positive == "sampled"
     assert small_n == "sort"
+
+
+def test_sampled_fallback_on_misleading_sample():
+    # Every 16th entry (the strided sample) steps down from 1 by 0.001; all others sit at
+    # 0.7. The sample's projection keeps about 100 entries, so its candidate set is
+    # {v > 1 - 0.212}, but the true support also contains every entry at 0.7. "sampled" must
+    # notice that tau lies below the cut and finish on all of v.
+    n = 1 << 16
+    v = np.full(n, 0.7)
+    v[::16] = 1.0 - 0.001 * np.arange(n // 16)
+    budget = 80.0
+    index, _, _, _ = _candidates_sampled(v, budget)
+    assert index is None
+    reference = bisection_threshold(v, budget)
+    for method in EXPLICIT_METHODS:
+        tau, _, _ = simplex_threshold(v, budget, method)
+        assert abs(tau - reference) <= weight_tolerance(v, budget), method
+
+
+@pytest.mark.parametrize("budget", [1.0, 1e3, 1e5])
+def test_support_matches_threshold(budget):
+    # The support returned with tau is exactly {v > tau}, in index order, with its values.
+    rng = np.random.default_rng(9)
+    v = rng.standard_normal(50_000)
+    taus = set()
+    for method in EXPLICIT_METHODS:
+        found = simplex_support(v, budget, method)
+        assert found.tau == simplex_threshold(v, budget, method)[0]
+        assert np.array_equal(found.index, np.flatnonzero(v > found.tau)), method
+        assert np.array_equal(found.values, v[found.index]), method
+        taus.add(found.tau)
+    # The same support gives the same bits, whichever method found it.
+    assert len(taus) == 1
 
 
 def test_project_constant_vector():
