@@ -49,7 +49,7 @@ _TRAINER_NO_DECAY_PATTERNS = [r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(
 
 @dataclass
 class ParameterGroupSettings:
-    """Hyperparameters of the optimizer group that holds one parameter.
+    """Hyperparameters of the optimizer group that contains one parameter.
 
     lr: learning rate of the last step (after any schedule). initial_lr: the schedule's
     starting rate when a torch LR scheduler recorded it, else None. weight_decay: the
@@ -145,7 +145,7 @@ class OptimizerState:
             names = _names_from_groups(groups, model, source)
         if len(names) != len(indices):
             raise InvalidInputError(
-                f"{source} holds {len(indices)} parameters but {len(names)} parameter names were given; "
+                f"{source} contains {len(indices)} parameters but {len(names)} parameter names were given; "
                 "pass the names in the order the optimizer received the parameters"
             )
         position = dict(zip(indices, names))
@@ -179,7 +179,7 @@ class OptimizerState:
                     initial_lr=None if group.get("initial_lr") is None else float(group["initial_lr"]),
                 )
         if not exp_avg:
-            raise InvalidInputError(f"{source} holds no per-parameter state: the optimizer has not taken a step yet")
+            raise InvalidInputError(f"{source} contains no per-parameter state: the optimizer has not taken a step yet")
         distinct = sorted(set(steps.values()))
         if len(distinct) > 1:
             odd = next(name for name, value in steps.items() if value != distinct[-1])
@@ -204,7 +204,7 @@ class OptimizerState:
         for group in optimizer.param_groups:
             for param in group["params"]:
                 if id(param) not in name_of:
-                    raise InvalidInputError("the optimizer holds a parameter that is not part of the model")
+                    raise InvalidInputError("the optimizer contains a parameter that is not part of the model; pass the model it trains")
                 names.append(name_of[id(param)])
         return cls.from_state_dict(optimizer.state_dict(), names, model=model, source=type(optimizer).__name__)
 

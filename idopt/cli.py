@@ -1,4 +1,4 @@
-"""Command line: ``idopt fetch``, ``select``, ``solve``, ``bounds`` and ``robust-example``.
+"""Command line: ``idopt fetch``, ``select``, ``warmup``, ``order-ratio``, ``solve``, ``bounds`` and ``robust-example``.
 
 ``idopt select`` needs the torch extra (``pip install 'idopt[torch]'``); its modules are
 imported only when that command runs, so ``idopt fetch`` works without torch.
@@ -20,7 +20,9 @@ class _DefaultsFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if action.default in (None, True, False) or action.default is argparse.SUPPRESS or "%(default)" in text:
+        # Identity checks: 0 == False and 1 == True, so "in (None, True, False)" would hide 0 and 1.
+        hidden = action.default is None or action.default is True or action.default is False
+        if hidden or action.default is argparse.SUPPRESS or "%(default)" in text:
             return text
         if action.option_strings:
             return text + " (default: %(default)s)"
@@ -532,13 +534,13 @@ def _add_order_ratio(sub) -> None:
     data.add_argument("--num-target", type=int, default=d.num_target, help="target samples of the task")
     data.add_argument("--pool-size", type=int, default=d.pool_size, help="samples in the built-in pool")
     data.add_argument("--max-length", type=int, default=d.max_length,
-                      help="maximum tokens per sample; longer ones are truncated")
+                      help="maximum tokens per sample, with longer samples truncated")
     data.add_argument("--repeats", type=int, default=d.repeats,
-                      help="independent random draws of the source set; the table gives the median, min and "
+                      help="independent random draws of the source set. The table gives the median, min and "
                            "max of |T2/T1| over them")
 
     model = parser.add_argument_group("model")
-    model.add_argument("--model", help="local model folder (safetensors) or .gguf file; default SmolLM2-135M-Instruct")
+    model.add_argument("--model", help="local model folder (safetensors) or .gguf file (default: SmolLM2-135M-Instruct)")
     model.add_argument("--gguf-file", help="GGUF file name inside --model")
     model.add_argument("--dtype", default=d.dtype, choices=["float32", "bfloat16", "float16"], help="parameter dtype")
     model.add_argument("--device", default=d.device, help="torch device (default: cuda if available, else cpu)")
@@ -551,7 +553,7 @@ def _add_order_ratio(sub) -> None:
                              "Gauss-Newton matrix")
     method.add_argument("--optimizer-state",
                         help="Adam/AdamW state to model the step with: an `idopt warmup` optimizer folder, a "
-                             "Trainer checkpoint folder or a torch.optim state dict file; eta on the grid then "
+                             "Trainer checkpoint folder or a torch.optim state dict file. Each eta of the grid then "
                              "replaces its learning rate (default: plain gradient descent)")
     method.add_argument("--params", default=d.params,
                         help="gradient parameters: 'all', a name fragment such as 'down_proj', or 're:<regex>'")
@@ -560,8 +562,8 @@ def _add_order_ratio(sub) -> None:
     method.add_argument("--batch-size", type=int, default=d.batch_size, help="samples per forward and backward pass")
     method.add_argument("--explicit", action="store_true",
                         help="also form p and Q from per-sample gradients and --num-source Hessian-vector products "
-                             "per draw and report the largest relative difference to the fast path (memory: "
-                             "4 bytes x num-source x parameters; use a small --num-source or --grad-mask)")
+                             "per draw and report the largest relative difference to the fast path. It needs 4 bytes x "
+                             "num-source x parameters of memory, so use a small --num-source or --grad-mask")
     method.add_argument("--seed", type=int, default=d.seed, help="seed of the draws, the mask and the built-in data")
 
     parser.add_argument("-o", "--output", default=d.output, help="output folder")
@@ -626,6 +628,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # -v is for this package's debug output; matplotlib's font search would flood it.
+    logging.getLogger("matplotlib").setLevel(max(level, logging.INFO))
     handlers = {"fetch": _run_fetch, "select": _run_select, "solve": _run_solve, "bounds": _run_bounds,
                 "robust-example": _run_robust, "warmup": _run_warmup, "order-ratio": _run_order_ratio}
     try:

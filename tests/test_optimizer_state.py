@@ -117,7 +117,7 @@ def test_parameter_count_mismatch(tmp_path):
     model = tiny_model("llama", layers=2)
     optimizer = _adamw(model)
     torch.save(optimizer.state_dict(), tmp_path / "optimizer.pt")
-    with pytest.raises(InvalidInputError, match="holds .* parameters but .* parameter names"):
+    with pytest.raises(InvalidInputError, match="contains .* parameters but .* parameter names"):
         load_optimizer_state(tmp_path / "optimizer.pt", tiny_model("llama", layers=1))
 
 
