@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class ModeledStep:
-    """What the selection assumes about the next training step.
+    """The next training step as the selection models it.
 
     eta: learning rate. scale: (N,) float32 preconditioner a on the model's device, or None
     (a = 1). offset: (N,) float32 b0 or None. curvature: the target curvature used for

@@ -261,7 +261,7 @@ def select_quadratic(problem, k: int, aggregate: str = "round_robin", *, method:
 def _round_robin(orders: list[np.ndarray], n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Merge per-target rankings: targets take turns picking their best sample not picked yet.
 
-    orders[j] ranks target j's samples, best first, and holds at least k of them. Returns
+    orders[j] ranks target j's samples, best first, and contains at least k of them. Returns
     (indices (k,), picked_by (k,)) in pick order.
     """
     m = len(orders)
