@@ -37,7 +37,8 @@ class SelectConfig:
     from Hessian-vector products (``curvature`` "hessian" or "gauss_newton") over target
     batches of ``hvp_batch_size`` samples, ``hvp_chunk`` vectors at a time. ``normalize``
     scales every gradient to unit norm (None = only for first order without a state, where
-    only the ranking matters).
+    only the ranking matters). ``second_moment`` sets Adam's next v: "uniform" adds the landmarks'
+    mean gradient as the step would at w = 1, "frozen" keeps v / (1 - beta2^s).
     Checkpoints: with ``resume`` the JVP embeddings and projected gradients are saved in
     ``<output>/checkpoints`` and reused by a later run whose inputs are identical.
     """
@@ -72,6 +73,7 @@ class SelectConfig:
     lr: float | None = None
     curvature: str = "hessian"
     normalize: bool | None = None
+    second_moment: str = "uniform"
     hvp_batch_size: int = 4
     hvp_chunk: int = 8
     seed: int = 0
@@ -103,6 +105,7 @@ class SelectConfig:
             "projection": ("hadamard", "rademacher"),
             "dtype": ("float32", "bfloat16", "float16"),
             "curvature": ("hessian", "gauss_newton"),
+            "second_moment": ("uniform", "frozen"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

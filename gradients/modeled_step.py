@@ -61,12 +61,17 @@ def _state_fingerprint(state) -> str:
     return digest.hexdigest()
 
 
-def model_step(config: SelectConfig, model, params, mask, targets, pad_token_id: int) -> ModeledStep:
+def model_step(config: SelectConfig, model, params, mask, targets, pad_token_id: int, pool_sample=(),
+               state=None) -> ModeledStep:
     """Build the modeled step from the config: read the optimizer state, pick eta and the curvature.
 
+    ``state`` is the already loaded optimizer state (read from ``config.optimizer_state`` when None).
     Without ``config.optimizer_state`` the step is plain gradient descent with eta = ``config.lr``
     or ``DEFAULT_SGD_LR``. With it, eta is ``config.lr`` or the state's learning rate (see
-    ``OptimizerState.learning_rate`` for a schedule that ended at zero). Unit-norm gradients are
+    ``OptimizerState.learning_rate`` for a schedule that ended at zero). With
+    ``config.second_moment`` "uniform", Adam's next second moment takes in the mean gradient of
+    ``pool_sample`` (the landmarks, a uniform sample of the pool), see
+    ``OptimizerState.step_vectors``; "frozen" keeps v / (1 - beta2^s). Unit-norm gradients are
     used only when ``config.normalize`` says so, or by default for first order without a state.
     """
     from gradients.tokenize import collate
@@ -79,14 +84,25 @@ def model_step(config: SelectConfig, model, params, mask, targets, pad_token_id:
     else:
         from gradients.optimizer_state import load_optimizer_state
 
-        state = load_optimizer_state(config.optimizer_state, model)
+        if state is None:
+            state = load_optimizer_state(config.optimizer_state, model)
         names = list(params)
         eta = state.learning_rate(names, config.lr)
         split = None if mask is None else mask.split([int(p.numel()) for p in params.values()])
-        scale64, offset64 = state.step_vectors(params, split, eta)
+        mean_gradient = None
+        if config.second_moment == "uniform":
+            batches = [
+                collate(list(pool_sample[start:start + config.grad_batch_size]), pad_token_id)
+                for start in range(0, len(pool_sample), config.grad_batch_size)
+            ]
+            # The gradient of the mean loss over these samples: g_w at w = 1.
+            mean_gradient = TargetCurvature(model, batches, params, mask).gradient()
+        scale64, offset64 = state.step_vectors(params, split, eta, mean_gradient)
         scale = scale64.float().to(device)
         offset = None if offset64 is None else offset64.float().to(device)
-        fingerprint, source = _state_fingerprint(state), state.source
+        fingerprint, source = f"{_state_fingerprint(state)}-{config.second_moment}", state.source
+        logger.info("Adam preconditioner a: median %.3g, max %.3g (second moment: %s)",
+                    float(scale64.median()), float(scale64.max()), config.second_moment)
         optimizer = "AdamW" if state.decoupled_weight_decay else "Adam"
         logger.info("Modeling an %s step at t = %d with eta = %.3g", optimizer, state.step + 1, eta)
 

@@ -275,11 +275,20 @@ class OptimizerState:
         params: Mapping[str, torch.Tensor],
         mask_indices: list[torch.Tensor] | None,
         eta: float,
+        mean_gradient: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Return the Adam step model over the flat selected parameters: (scale a, offset b0).
 
         The modeled step is theta' - theta = -eta (a * g_w + b0) with g_w the weighted source
-        gradient (``idopt.optimizers.adam_step_model``, second moment frozen at v / (1 - beta2^s)).
+        gradient (``idopt.optimizers.adam_step_model``). The second moment of the step is
+
+            v' = beta2 v + (1 - beta2) g_bar^2    with ``mean_gradient`` g_bar given,
+            v' frozen at v / (1 - beta2^s)        without it.
+
+        g_bar is the pool's mean gradient, the g_w of uniform weights w = 1, so the first form
+        is exact for w = 1. It matters where v is tiny: a coordinate that the warm-up barely
+        moved (a rare token's embedding row) has a frozen a of up to (1 - beta1) / eps, while
+        the real step divides by sqrt(v') and so stays near the learning rate.
         A parameter whose group lr differs from ``eta`` has its a and b0 multiplied by lr / eta,
         so that one eta serves all groups.
 
@@ -291,6 +300,8 @@ class OptimizerState:
             Kept element indices within each parameter (``ParameterMask.split``), or None for all.
         eta : float
             Learning rate of the modeled step.
+        mean_gradient : (N,) tensor, optional
+            g_bar over the flat selected (masked) parameters.
 
         Returns
         -------
@@ -300,9 +311,21 @@ class OptimizerState:
         self.require(list(params))
         if self.step < 1:
             raise InvalidInputError("the optimizer state has step 0: take at least one warm-up step first")
+        total = sum(int(p.numel()) for p in params.values()) if mask_indices is None else \
+            sum(int(indices.numel()) for indices in mask_indices)
+        if mean_gradient is not None and mean_gradient.numel() != total:
+            raise InvalidInputError(
+                f"mean_gradient has {mean_gradient.numel()} entries but the selected parameters have {total}; "
+                "compute it over the same parameters and mask"
+            )
         scales, offsets = [], []
+        position_in_flat = 0
         for position, (name, param) in enumerate(params.items()):
             keep = None if mask_indices is None else mask_indices[position].cpu()
+            size = int(param.numel()) if keep is None else int(keep.numel())
+            if size == 0:
+                # A sparse --grad-mask can keep no element of a small tensor such as a norm weight.
+                continue
 
             def flat(tensor: torch.Tensor) -> np.ndarray:
                 values = tensor.detach().reshape(-1).cpu()
@@ -318,7 +341,12 @@ class OptimizerState:
                 decoupled_weight_decay=self.decoupled_weight_decay,
                 params=flat(param) if decay > 0 else None,
             )
-            model = adam_step_model(adam)
+            if mean_gradient is None:
+                model = adam_step_model(adam)
+            else:
+                block = mean_gradient[position_in_flat:position_in_flat + size].detach().cpu().double().numpy()
+                model = adam_step_model(adam, exp_avg_sq_next=adam.next_exp_avg_sq(block))
+            position_in_flat += size
             ratio = group.lr / eta if group.lr > 0 else 1.0
             scales.append(torch.from_numpy(ratio * model.scale))
             offset = model.offset if model.offset is not None else np.zeros_like(model.scale)

@@ -656,10 +656,13 @@ def describe_level(result: OrderRatioResult, level: float = RATIO_LEVEL) -> str:
     etas = [eta for eta in result.learning_rates_at_level(level) if eta is not None]
     if not etas:
         return f"|T2/T1| reaches {level:g} at no learning rate > 0 (T1 or w^T Q w is zero)."
+    grid = np.asarray(result.config.lrs, dtype=float)
+    outside = bool(grid.size) and (min(etas) < grid.min() or max(etas) > grid.max())
+    note = " This eta is solved from T1 and T2 as functions of eta and lies outside the grid." if outside else ""
     if len(etas) == 1:
-        return f"|T2/T1| reaches {level:g} at eta = {etas[0]:.3g}."
+        return f"|T2/T1| reaches {level:g} at eta = {etas[0]:.3g}.{note}"
     return (f"|T2/T1| reaches {level:g} at eta = {float(np.median(etas)):.3g} (median over {len(etas)} draws, "
-            f"range {min(etas):.3g} to {max(etas):.3g}).")
+            f"range {min(etas):.3g} to {max(etas):.3g}).{note}")
 
 
 def _report(result: OrderRatioResult) -> dict:

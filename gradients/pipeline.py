@@ -296,8 +296,14 @@ def run_selection(config: SelectConfig, model=None, tokenizer=None) -> Selection
             model, tokenizer = load_model(
                 config.model, gguf_file=config.gguf_file, dtype=config.dtype, device=config.device, cache=config.cache
             )
-        # Checked here so that a bad --params fails before the JVP stage.
+        # Checked here so that a bad --params or optimizer state fails before the JVP stage.
         params = select_parameters(model, config.params)
+        optimizer_state = None
+        if config.optimizer_state is not None:
+            from gradients.optimizer_state import load_optimizer_state
+
+            optimizer_state = load_optimizer_state(config.optimizer_state, model)
+            optimizer_state.require(list(params))
 
     with _stage(timings, "tokenize"):
         pool_report = tokenize_samples(pool_samples, tokenizer, config.max_length)
@@ -337,12 +343,12 @@ def run_selection(config: SelectConfig, model=None, tokenizer=None) -> Selection
         mask = None
         if config.grad_mask is not None:
             mask = ParameterMask.for_params(params, count=config.grad_mask, seed=mask_seed)
-        step = model_step(config, model, params, mask, targets, pad_id)
+        landmark_samples = [pool[i] for i in landmark_indices]
+        step = model_step(config, model, params, mask, targets, pad_id, landmark_samples, optimizer_state)
         gradient_settings = dict(
             **common, params=config.params, grad_mask=config.grad_mask, mask_seed=mask_seed,
             normalize=step.normalize, optimizer=step.fingerprint, eta=step.eta,
         )
-        landmark_samples = [pool[i] for i in landmark_indices]
         holdout_indices = choose_holdout(len(pool), landmark_indices, config.holdout, holdout_seed)
         holdout_grads = quadratic = None
         if config.order == 1:

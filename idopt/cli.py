@@ -123,6 +123,9 @@ def _add_select(sub) -> None:
                            "without an optimizer state)")
     step.add_argument("--no-normalize", dest="normalize", action="store_false",
                       help="keep raw gradients, also for first order")
+    step.add_argument("--second-moment", default=d.second_moment, choices=["uniform", "frozen"],
+                      help="Adam's second moment of the modeled step: 'uniform' adds the landmarks' mean gradient "
+                           "(the step at w = 1, one extra gradient pass); 'frozen' keeps v / (1 - beta2^s)")
     step.add_argument("--hvp-batch-size", type=int, default=d.hvp_batch_size,
                       help="target samples per Hessian-vector-product batch")
     step.add_argument("--hvp-chunk", type=int, default=d.hvp_chunk,
@@ -163,7 +166,8 @@ def _run_select(args) -> int:
     rows = source_shares(result.pool, result.selection.indices, by_task=True)
     total = sum(result.timings.values())
     print(f"\nSelected {len(result.selection.indices)} of {len(result.pool)} pool samples for "
-          f"{len(result.target_names)} targets ({', '.join(result.target_names)}) in {total:.0f} s.")
+          f"{len(result.target_names)} target{'s' if len(result.target_names) != 1 else ''} "
+          f"({', '.join(result.target_names)}) in {total:.0f} s.")
     print("Share of each task in the pool and in the selection (ratio > 1: favoured):\n")
     print(format_share_table(rows, limit=25))
     method = result.method_report

@@ -228,3 +228,40 @@ def test_step_vectors_fold_group_learning_rates():
     first = parameters[names[0]].numel()
     torch.testing.assert_close(scale[:first], 2 * unfolded[:first])
     torch.testing.assert_close(scale[first:], unfolded[first:])
+
+
+def test_step_vectors_with_mean_gradient():
+    """a uses v' = beta2 v + (1 - beta2) g_bar^2, which bounds it where v is zero."""
+    model = tiny_model("llama", layers=1)
+    optimizer = _adamw(model)
+    state = OptimizerState.from_optimizer(optimizer, model)
+    params = select_parameters(model, "all")
+    names = list(params)
+    first = names[0]
+    state.exp_avg_sq[first].zero_()  # a coordinate block the warm-up never moved
+    mean_gradient = torch.randn(sum(p.numel() for p in params.values()), dtype=torch.float64,
+                                generator=torch.Generator().manual_seed(0))
+    scale, _ = state.step_vectors(params, None, 1e-3, mean_gradient)
+    adam = AdamState(exp_avg=_flat(state.exp_avg, names), exp_avg_sq=_flat(state.exp_avg_sq, names), step=2,
+                     weight_decay=0.01, decoupled_weight_decay=True, params=_flat(params, names))
+    reference = adam_step_model(adam, exp_avg_sq_next=adam.next_exp_avg_sq(mean_gradient.numpy()))
+    np.testing.assert_allclose(scale.numpy(), reference.scale, rtol=1e-12)
+    frozen, _ = state.step_vectors(params, None, 1e-3)
+    size = params[first].numel()
+    assert float(frozen[:size].max()) > 1e6  # (1 - beta1) / ((1 - beta1^t) eps)
+    assert float(scale[:size].max()) < 1e4
+
+
+def test_step_vectors_sparse_mask_skips_empty():
+    """A mask that keeps no element of a tensor leaves that tensor out instead of failing."""
+    model = tiny_model("llama", layers=1)
+    state = OptimizerState.from_optimizer(_adamw(model), model)
+    params = select_parameters(model, "all")
+    mask = ParameterMask.for_params(params, count=5, seed=0)
+    split = mask.split([int(p.numel()) for p in params.values()])
+    assert any(len(indices) == 0 for indices in split)
+    scale, offset = state.step_vectors(params, split, 1e-3)
+    assert scale.shape == (5,)
+    assert offset.shape == (5,)
+    with pytest.raises(InvalidInputError, match="mean_gradient has 4 entries"):
+        state.step_vectors(params, split, 1e-3, torch.zeros(4))

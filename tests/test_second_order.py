@@ -104,7 +104,7 @@ def test_adam_order2_matches_constructors(tiny_setup, tmp_path):  # noqa: F811
     model = model.double()
     state_dir = _adam_state(model, tmp_path / "state")
     config = _config(pool, target, tmp_path / "out", order=2, num_landmarks=12, optimizer_state=state_dir,
-                     hvp_batch_size=8)
+                     hvp_batch_size=8, second_moment="frozen")
     result = run_selection(config, model=model, tokenizer=tokenizer)
     params = select_parameters(model, "all")
     state = OptimizerState._read_saved(tmp_path / "state")
@@ -169,3 +169,22 @@ def test_bad_order_and_state_path(tiny_setup, tmp_path):  # noqa: F811
         _config(pool, target, tmp_path / "out", optimizer_state=str(tmp_path / "none")).validate()
     with pytest.raises(InvalidInputError, match="lr=0"):
         _config(pool, target, tmp_path / "out", lr=0.0).validate()
+
+
+def test_adam_uniform_second_moment_matches(tiny_setup, tmp_path):  # noqa: F811
+    """With the default second moment, a uses v' = beta2 v + (1 - beta2) g_bar^2 of the landmarks."""
+    model, tokenizer, pool, target = tiny_setup
+    model = model.double()
+    state_dir = _adam_state(model, tmp_path / "state")
+    config = _config(pool, target, tmp_path / "out", order=2, num_landmarks=12, optimizer_state=state_dir,
+                     hvp_batch_size=8)
+    result = run_selection(config, model=model, tokenizer=tokenizer)
+    params = select_parameters(model, "all")
+    landmarks = [result.pool[i] for i in result.landmark_indices]
+    mean_gradient = TargetCurvature(model, [collate(landmarks, tokenizer.pad_token_id)], params).gradient()
+    state = OptimizerState._read_saved(tmp_path / "state")
+    scale, offset = state.step_vectors(params, None, 1e-3, mean_gradient)
+    problem = _exact_problem(model, tokenizer, result, params, StepModel(scale.numpy(), offset.numpy()), 1e-3)
+    np.testing.assert_allclose(result.landmark_scores, problem.p, rtol=1e-3, atol=1e-6 * np.abs(problem.p).max())
+    frozen, _ = state.step_vectors(params, None, 1e-3)
+    assert not torch.allclose(scale, frozen)
