@@ -120,7 +120,10 @@ class SelectConfig:
                 "drop --holdout or use --order 1"
             )
         if self.optimizer_state is not None and not Path(self.optimizer_state).exists():
-            raise InvalidInputError(f"optimizer_state {self.optimizer_state!r} does not exist")
+            raise InvalidInputError(
+                f"optimizer_state {self.optimizer_state!r} does not exist; pass an `idopt warmup` optimizer folder, "
+                "a Trainer checkpoint folder or a torch.optim state dict file"
+            )
         if not self.damping > 0:
             raise InvalidInputError(f"damping={self.damping!r} must be > 0")
         if self.bandwidth is not None and not self.bandwidth > 0:
