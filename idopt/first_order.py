@@ -46,8 +46,8 @@ logger = logging.getLogger(__name__)
 def _dot(a: np.ndarray, b: np.ndarray) -> float:
     """Return a^T b for 1-D arrays without BLAS threads.
 
-    np.dot hands 1-D products to the BLAS library, whose threads took 15 to 22 ms for n = 10^6
-    on a loaded 2-core machine (OpenBLAS, numpy's wheel) against under 1 ms for einsum's loop.
+    np.dot hands 1-D products to the BLAS library. On a loaded 2-core machine the start-up of its
+    threads (OpenBLAS from numpy's wheel) took longer than the whole solve at n = 10^6.
     """
     return float(np.einsum("i,i->", a, b))
 
