@@ -7,7 +7,7 @@ optimizer state read by parameter name. Its error must therefore fall like eta^3
 slope near 3); the first-order model alone leaves an O(eta^2) error (slope near 2).
 
 Only the MLP weights of blocks 1 and 2 take the step (5.3 million parameters), which keeps
-the Hessian-vector products quick; the gradients still flow through the whole model.
+the Hessian-vector products quick. The gradients still flow through the whole model.
 """
 
 import copy
@@ -58,7 +58,8 @@ def _batches(tokenizer):
     target = [_conversation(0, "What is 4+4?", "8", "t"), _conversation(1, "What is 1+2?", "3", "t")]
     kept_source = tokenize_samples(source, tokenizer, 64).kept
     kept_target = tokenize_samples(target, tokenizer, 64).kept
-    assert len(kept_source) == 4 and len(kept_target) == 2
+    assert len(kept_source) == 4
+    assert len(kept_target) == 2
     return kept_source, collate(kept_source, tokenizer.pad_token_id), collate(kept_target, tokenizer.pad_token_id)
 
 
