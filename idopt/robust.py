@@ -302,14 +302,14 @@ def maximize_trust_region(a, B, rho) -> TrustRegionMaximum:
         return TrustRegionMaximum(np.zeros(d), 0.0, 0.0, False)
 
     S = 0.5 * (B + B.T)
-    s, V = linalg.eigh(S)
-    # Work in units where the radius is 1 and max(||a|| / rho, |s|) is 1, so that the
-    # thresholds below are absolute and tiny or huge inputs do not underflow.
-    unit = max(float(np.max(np.abs(a))) / rho, float(np.max(np.abs(s))))
+    # Work in units where the radius is 1 and max(||a||_inf / rho, max |S_ij|) is 1, so that the
+    # thresholds below are absolute. Scaling before the eigendecomposition keeps tiny and
+    # subnormal inputs from underflowing to 0/0.
+    unit = max(float(np.max(np.abs(a))) / rho, float(np.max(np.abs(S))))
     if unit == 0.0:
         return TrustRegionMaximum(np.zeros(d), 0.0, 0.0, False)
-    s_unit = s / unit
-    alpha = (V.T @ a) / (unit * rho)
+    s_unit, V = linalg.eigh(S / unit)
+    alpha = (V.T @ (a / unit)) / rho
     s_max = float(s_unit[-1])
     # Eigenvalues within eig_tol of s_max form the top eigenspace, and a component of a
     # below alpha_tol on it counts as zero (the hard case).

@@ -164,7 +164,8 @@ def test_one_step_below_exact_maximum(case):
     step = one_step_value(a, B, rho)
     # The one-step point is feasible, and the exact value carries rounding of order eps * scale.
     scale = rho * np.linalg.norm(a) + rho**2 * np.abs(B).sum()
-    assert step <= exact + 1e-10 * scale
+    # Subnormal inputs (found by hypothesis) underflow 1e-10 * scale to 0, hence the floor.
+    assert step <= exact + max(1e-10 * scale, np.finfo(float).tiny)
 
 
 def test_trust_region_hard_case():
@@ -352,3 +353,11 @@ def test_solver_rejects_bad_requests():
         solve_robust(problem, starts=0)
     with pytest.raises(InvalidInputError, match="grid_minimum supports n = 2 or 3"):
         grid_minimum(problem, 10)
+
+
+def test_trust_region_subnormal_matrix():
+    """A subnormal B with a = 0 is the zero problem, not 0/0 (found by hypothesis)."""
+    B = np.full((2, 2), 5e-324)
+    result = maximize_trust_region(np.zeros(2), B, 0.25)
+    assert np.all(np.isfinite(result.delta))
+    assert np.linalg.norm(result.delta) <= 0.25 + 1e-15
