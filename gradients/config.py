@@ -18,6 +18,8 @@ DEFAULT_SGD_LR = 1e-4
 class SelectConfig:
     """Every setting of ``idopt select``; the defaults run on the built-in real assets.
 
+    Model: ``model`` (None = SmolLM2-135M-Instruct), ``gguf_file`` inside it, and ``tokenizer``, a
+    folder of tokenizer files when the model folder has none (None = the model folder).
     Data: ``pool`` and ``target`` are files or saved datasets (None = the built-in BIG-bench and
     HumanEval default); ``pool_size`` caps the built-in pool; ``max_length`` is in tokens.
     Selection: ``k`` samples are chosen; ``aggregate`` is "round_robin" (targets take turns) or
@@ -45,6 +47,7 @@ class SelectConfig:
 
     model: str | None = None
     gguf_file: str | None = None
+    tokenizer: str | None = None
     dtype: str = "float32"
     device: str | None = None
     pool: list[str] | None = None
@@ -113,7 +116,10 @@ class SelectConfig:
         if self.order not in (1, 2):
             raise InvalidInputError(f"order={self.order!r} must be 1 (first order) or 2 (with the curvature term)")
         if self.lr is not None and not (isinstance(self.lr, (int, float)) and 0 < self.lr < float("inf")):
-            raise InvalidInputError(f"lr={self.lr!r} must be a finite learning rate > 0, or None")
+            raise InvalidInputError(
+                f"lr={self.lr!r} is invalid: pass a finite learning rate > 0, or leave it unset to use the optimizer "
+                "state's learning rate (or the plain gradient-descent default)"
+            )
         if self.order == 2 and self.holdout:
             raise InvalidInputError(
                 f"holdout={self.holdout} works with order=1 only (it checks projected first-order gradients); "

@@ -105,6 +105,7 @@ def load_model(
     attn_implementation: str = "eager",
     trust_remote_code: bool = False,
     cache: str | Path | None = None,
+    tokenizer: str | Path | None = None,
 ):
     """Load a causal LM and its tokenizer in evaluation mode.
 
@@ -124,6 +125,9 @@ def load_model(
         exact in both cases.
     trust_remote_code
         Off by default; turn it on only for model code you have read.
+    tokenizer
+        Folder of the tokenizer files when the model folder has none (a Trainer checkpoint
+        saved without its tokenizer); default: the model folder.
 
     Returns
     -------
@@ -136,8 +140,9 @@ def load_model(
     target_device = resolve_device(device)
     source = default_model_dir(cache) if model is None else resolve_model_dir(model, gguf_file, cache)
     logger.info("Loading model from %s (%s, %s)", source, torch_dtype, target_device)
+    tokenizer_source = source if tokenizer is None else Path(tokenizer)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        loaded_tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=trust_remote_code)
         lm = AutoModelForCausalLM.from_pretrained(
             source,
             dtype=torch_dtype,
@@ -147,14 +152,15 @@ def load_model(
         )
     except (OSError, ValueError) as error:
         raise InvalidInputError(
-            f"could not load a causal language model from {source}: {error}. Pass a folder written by "
-            "save_pretrained (config.json, tokenizer files and safetensors weights) or a .gguf file"
+            f"could not load a causal language model from {source} (tokenizer from {tokenizer_source}): {error}. "
+            "Pass a folder written by save_pretrained (config.json, tokenizer files and safetensors weights) or "
+            "a .gguf file; for a checkpoint saved without tokenizer files, pass the tokenizer's folder with --tokenizer"
         ) from error
     lm.to(target_device)
     lm.eval()
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return lm, tokenizer
+    if loaded_tokenizer.pad_token_id is None:
+        loaded_tokenizer.pad_token = loaded_tokenizer.eos_token
+    return lm, loaded_tokenizer
 
 
 def _is_gguf(path: Path) -> bool:

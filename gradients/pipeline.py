@@ -294,7 +294,8 @@ def run_selection(config: SelectConfig, model=None, tokenizer=None) -> Selection
         pool_samples, target_samples = load_samples_for(config)
         if model is None or tokenizer is None:
             model, tokenizer = load_model(
-                config.model, gguf_file=config.gguf_file, dtype=config.dtype, device=config.device, cache=config.cache
+                config.model, gguf_file=config.gguf_file, dtype=config.dtype, device=config.device, cache=config.cache,
+                tokenizer=config.tokenizer,
             )
         # Checked here so that a bad --params or optimizer state fails before the JVP stage.
         params = select_parameters(model, config.params)

@@ -73,6 +73,8 @@ def _add_select(sub) -> None:
     model.add_argument("--model", help="local model folder (safetensors) or .gguf file (dequantized once into the cache); "
                        "default SmolLM2-135M-Instruct")
     model.add_argument("--gguf-file", help="GGUF file name inside --model")
+    model.add_argument("--tokenizer", help="tokenizer folder, for a model folder without tokenizer files such as a "
+                       "Trainer checkpoint (default: the model folder)")
     model.add_argument("--dtype", default=d.dtype, choices=["float32", "bfloat16", "float16"], help="parameter dtype")
     model.add_argument("--device", default=d.device, help="torch device (default: cuda if available, else cpu)")
 

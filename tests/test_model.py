@@ -43,6 +43,19 @@ def test_saved_tiny_model_loads(tmp_path):
     assert not loaded.training
 
 
+def test_checkpoint_without_tokenizer_files(tmp_path):
+    """A Trainer-style checkpoint holds weights only; the tokenizer comes from another folder."""
+    tokenizer = tiny_chat_tokenizer()
+    model = tiny_model("llama", layers=1, vocab_size=len(tokenizer))
+    model.save_pretrained(tmp_path / "checkpoint-2")
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
+    with pytest.raises(InvalidInputError, match="--tokenizer"):
+        load_model(tmp_path / "checkpoint-2", device="cpu")
+    loaded, loaded_tokenizer = load_model(tmp_path / "checkpoint-2", device="cpu", tokenizer=tmp_path / "tokenizer")
+    assert len(loaded_tokenizer) == len(tokenizer)
+    assert loaded.config.num_hidden_layers == 1
+
+
 def test_broken_model_folder_reports_path(tmp_path):
     (tmp_path / "config.json").write_text("not json")
     with pytest.raises(InvalidInputError, match="could not load a causal language model"):
