@@ -6,8 +6,8 @@ cross-entropy (``gradients.per_sample.sample_loss``):
     L_T(theta) = (1/m) sum_j loss_j(theta)
 
 Vectors live in the flat space of the selected parameters (``gradients.params``), restricted
-to a ``ParameterMask`` when one is given: H v means H_MM v for the rows and columns M the
-mask keeps, the curvature seen by a step that moves only those coordinates.
+to a ``ParameterMask`` when one is given. Then H v means H_MM v for the rows and columns M that
+the mask keeps, which is the curvature seen by a step that moves only those coordinates.
 
 * ``"hessian"``: H_T v by double backward. The gradient is built once per batch with
   ``create_graph=True``; each vector then costs one more backward pass through that graph.
@@ -54,6 +54,26 @@ def only_selected_require_grad(model: torch.nn.Module, params: Mapping[str, torc
     finally:
         for param, flag in flags:
             param.requires_grad_(flag)
+
+
+def flatten_selected(
+    grads: Sequence[torch.Tensor | None], tensors: Sequence[torch.Tensor], local: list[torch.Tensor] | None,
+) -> torch.Tensor:
+    """Concatenate per-parameter tensors into one flat (N,) vector of the selected (masked) parameters.
+
+    grads[i] belongs to tensors[i]; None (a parameter the loss does not reach) counts as zeros.
+    local[i] holds the kept indices within tensors[i] (``ParameterMask.split``), or local is None
+    for all of them. Half-precision values are upcast to float32.
+    """
+    pieces = []
+    for position, (grad, param) in enumerate(zip(grads, tensors)):
+        flat = torch.zeros(param.numel(), dtype=param.dtype, device=param.device) if grad is None else grad.reshape(-1)
+        if local is not None:
+            flat = flat[local[position]]
+        if flat.dtype in (torch.float16, torch.bfloat16):
+            flat = flat.float()
+        pieces.append(flat)
+    return torch.cat(pieces)
 
 
 class TargetCurvature:
@@ -119,13 +139,7 @@ class TargetCurvature:
         return blocks
 
     def _flatten(self, tensors: Sequence[torch.Tensor | None]) -> torch.Tensor:
-        pieces = []
-        for position, (tensor, size) in enumerate(zip(tensors, self._sizes)):
-            flat = torch.zeros(size, device=self._device) if tensor is None else tensor.reshape(-1)
-            if self._local is not None:
-                flat = flat[self._local[position]]
-            pieces.append(flat.float() if flat.dtype in (torch.float16, torch.bfloat16) else flat)
-        return torch.cat(pieces)
+        return flatten_selected(tensors, list(self.params.values()), self._local)
 
     @property
     def _device(self) -> torch.device:

@@ -261,21 +261,6 @@ def learning_rate_at_ratio(first: float, momentum: float, quadratic: float, coun
     return min(candidates) if candidates else None
 
 
-def _flatten(grads, tensors, local) -> "torch.Tensor":
-    """Concatenate per-parameter gradients into one (N,) vector: zeros for unused ones, masked, half upcast."""
-    import torch
-
-    pieces = []
-    for position, (grad, param) in enumerate(zip(grads, tensors)):
-        flat = torch.zeros(param.numel(), dtype=param.dtype, device=param.device) if grad is None else grad.reshape(-1)
-        if local is not None:
-            flat = flat[local[position]]
-        if flat.dtype in (torch.float16, torch.bfloat16):
-            flat = flat.float()
-        pieces.append(flat)
-    return torch.cat(pieces)
-
-
 def summed_source_gradient(
     model, samples: Sequence, params, mask=None, pad_token_id: int = 0, batch_size: int = 4, *,
     weights: "torch.Tensor | None" = None, desc: str = "source gradient", progress: bool = True,
@@ -290,7 +275,7 @@ def summed_source_gradient(
     """
     import torch
 
-    from .hessian import only_selected_require_grad
+    from .hessian import flatten_selected, only_selected_require_grad
     from .per_sample import _eval_mode, sample_loss
     from .tokenize import collate
 
@@ -309,7 +294,7 @@ def summed_source_gradient(
             if weights is not None:
                 losses = losses * weights[start:start + batch_size].to(device=losses.device, dtype=losses.dtype)
             grads = torch.autograd.grad(losses.sum(), tensors, allow_unused=True)
-            flat = _flatten(grads, tensors, local)
+            flat = flatten_selected(grads, tensors, local)
             total = flat if total is None else total + flat
     return total
 

@@ -28,7 +28,9 @@ from tqdm.auto import tqdm
 from gradients.checkpoint import StageCache, model_fingerprint, stage_key, tokens_fingerprint
 from gradients.config import SelectConfig
 from gradients.modeled_step import model_step
-from gradients.second_order import check_memory, full_gradients, landmark_curvature, quadratic_terms, shifted_targets
+from gradients.second_order import (
+    check_memory, full_gradients, landmark_curvature, quadratic_terms, shifted_targets, step_gradients,
+)
 from idopt.errors import InvalidInputError
 from idopt.kernel_ridge import KernelRidge, choose_landmarks
 
@@ -146,17 +148,12 @@ def project_gradients(
     Row i is R (a * g_i) / ||a * g_i|| with R the projection, a the optimizer's elementwise
     scale (``scale``, 1 when None) and the division only when ``normalize``.
     """
-    from gradients.per_sample import per_sample_gradients
     from gradients.tokenize import collate
 
     rows = []
     for start in tqdm(range(0, len(samples), batch_size), desc=desc, unit="batch"):
         batch = collate(list(samples[start:start + batch_size]), pad_token_id)
-        grads = per_sample_gradients(model, batch, params, mask=mask, normalize=normalize and scale is None)
-        if scale is not None:
-            grads = grads * scale.to(grads.device)
-            if normalize:
-                grads = grads / torch.linalg.vector_norm(grads, dim=1, keepdim=True).clamp_min(torch.finfo(grads.dtype).tiny)
+        grads = step_gradients(model, batch, params, mask, normalize=normalize, scale=scale)
         rows.append(projector.project(grads).cpu().double().numpy())
         del grads
     return np.concatenate(rows, axis=0)

@@ -70,27 +70,36 @@ def check_memory(num_landmarks: int, num_targets: int, dim: int, hvp_chunk: int,
     return needed
 
 
+def step_gradients(
+    model, batch, params, mask: ParameterMask | None, *, normalize: bool = False, scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Return the rows a * g_i / ||a * g_i|| of one collated batch, shape (B, N), float32.
+
+    g_i is sample i's gradient over the selected (masked) parameters (``gradients.per_sample``),
+    a is ``scale`` (1 when None) and the division happens only when ``normalize``.
+    """
+    from gradients.per_sample import per_sample_gradients
+
+    grads = per_sample_gradients(model, batch, params, mask=mask, normalize=normalize and scale is None)
+    if scale is None:
+        return grads
+    grads = grads * scale.to(grads.device)
+    if normalize:
+        grads = grads / torch.linalg.vector_norm(grads, dim=1, keepdim=True).clamp_min(torch.finfo(grads.dtype).tiny)
+    return grads
+
+
 def full_gradients(
     model, samples: Sequence, params, mask: ParameterMask | None, pad_token_id: int, batch_size: int, desc: str,
     *, normalize: bool = False, scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Return per-sample gradients in the selected (masked) parameter space, shape (len, N), float32 CPU.
-
-    Row i is grad loss_i (``gradients.per_sample``), times ``scale`` elementwise when given
-    (the optimizer's a), then divided by its norm when ``normalize``.
-    """
-    from gradients.per_sample import per_sample_gradients
+    """Return :func:`step_gradients` of ``samples`` batch by batch, shape (len, N), float32 on the CPU."""
     from gradients.tokenize import collate
 
     rows = []
     for start in tqdm(range(0, len(samples), batch_size), desc=desc, unit="batch"):
         batch = collate(list(samples[start:start + batch_size]), pad_token_id)
-        grads = per_sample_gradients(model, batch, params, mask=mask, normalize=False)
-        if scale is not None:
-            grads = grads * scale.to(grads.device)
-        if normalize:
-            grads = grads / torch.linalg.vector_norm(grads, dim=1, keepdim=True).clamp_min(torch.finfo(grads.dtype).tiny)
-        rows.append(grads.cpu())
+        rows.append(step_gradients(model, batch, params, mask, normalize=normalize, scale=scale).cpu())
     return torch.cat(rows)
 
 

@@ -29,6 +29,18 @@ class _DefaultsFormatter(argparse.HelpFormatter):
         return text
 
 
+def _add_model_arguments(parser, defaults):
+    """Add the "model" option group (--model, --gguf-file, --dtype, --device) and return it."""
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", help="local model folder (safetensors) or .gguf file (dequantized once into the "
+                       "cache); default SmolLM2-135M-Instruct")
+    model.add_argument("--gguf-file", help="GGUF file name inside --model")
+    model.add_argument("--dtype", default=defaults.dtype, choices=["float32", "bfloat16", "float16"],
+                       help="parameter dtype")
+    model.add_argument("--device", default=defaults.device, help="torch device (default: cuda if available, else cpu)")
+    return model
+
+
 def _add_fetch(sub) -> None:
     parser = sub.add_parser(
         "fetch",
@@ -69,14 +81,9 @@ def _add_select(sub) -> None:
                       help="examples per task in the built-in target")
     data.add_argument("--max-length", type=int, default=d.max_length, help="maximum tokens per sample; longer ones are truncated")
 
-    model = parser.add_argument_group("model")
-    model.add_argument("--model", help="local model folder (safetensors) or .gguf file (dequantized once into the cache); "
-                       "default SmolLM2-135M-Instruct")
-    model.add_argument("--gguf-file", help="GGUF file name inside --model")
+    model = _add_model_arguments(parser, d)
     model.add_argument("--tokenizer", help="tokenizer folder, for a model folder without tokenizer files such as a "
                        "Trainer checkpoint (default: the model folder)")
-    model.add_argument("--dtype", default=d.dtype, choices=["float32", "bfloat16", "float16"], help="parameter dtype")
-    model.add_argument("--device", default=d.device, help="torch device (default: cuda if available, else cpu)")
 
     method = parser.add_argument_group("method")
     method.add_argument("-k", "--k", type=int, default=d.k, help="number of samples to select")
@@ -131,7 +138,7 @@ def _add_select(sub) -> None:
     step.add_argument("--hvp-batch-size", type=int, default=d.hvp_batch_size,
                       help="target samples per Hessian-vector-product batch")
     step.add_argument("--hvp-chunk", type=int, default=d.hvp_chunk,
-                      help="vectors per block of Hessian-vector products (each holds one full-length gradient)")
+                      help="vectors per block of Hessian-vector products (each is one full-length gradient in memory)")
 
     parser.add_argument("-o", "--output", default=d.output, help="output folder")
     parser.add_argument("--no-resume", dest="resume", action="store_false",
@@ -424,11 +431,7 @@ def _add_warmup(sub) -> None:
     data.add_argument("--max-length", type=int, default=d.max_length,
                       help="maximum tokens per sample; longer ones are truncated")
 
-    model = parser.add_argument_group("model")
-    model.add_argument("--model", help="local model folder (safetensors) or .gguf file; default SmolLM2-135M-Instruct")
-    model.add_argument("--gguf-file", help="GGUF file name inside --model")
-    model.add_argument("--dtype", default=d.dtype, choices=["float32", "bfloat16", "float16"], help="parameter dtype")
-    model.add_argument("--device", default=d.device, help="torch device (default: cuda if available, else cpu)")
+    _add_model_arguments(parser, d)
 
     train = parser.add_argument_group("training")
     train.add_argument("--steps", type=int, default=d.steps, help="AdamW steps (optimizer updates)")
@@ -545,11 +548,7 @@ def _add_order_ratio(sub) -> None:
                       help="independent random draws of the source set. The table gives the median, min and "
                            "max of |T2/T1| over them")
 
-    model = parser.add_argument_group("model")
-    model.add_argument("--model", help="local model folder (safetensors) or .gguf file (default: SmolLM2-135M-Instruct)")
-    model.add_argument("--gguf-file", help="GGUF file name inside --model")
-    model.add_argument("--dtype", default=d.dtype, choices=["float32", "bfloat16", "float16"], help="parameter dtype")
-    model.add_argument("--device", default=d.device, help="torch device (default: cuda if available, else cpu)")
+    _add_model_arguments(parser, d)
 
     method = parser.add_argument_group("method")
     method.add_argument("--lrs", type=float, nargs="+", default=None,

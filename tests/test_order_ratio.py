@@ -28,29 +28,15 @@ from gradients.per_sample import sample_loss
 from gradients.tokenize import collate, tokenize_samples
 from idopt.errors import AssetError, InvalidInputError
 from tests.tiny_models import tiny_model
+from tests.sample_files import pool_records as _pool_records
+from tests.sample_files import write_jsonl as _write
 from tests.tiny_tokenizer import tiny_chat_tokenizer
 
-WORDS = ["apples", "two", "four", "answer", "count", "today", "plus", "return", "def", "three"]
 TARGETS = [
     {"id": "t0", "source": "goal_a", "prompt": "count apples", "completion": "three"},
     {"id": "t1", "source": "goal_a", "prompt": "two plus two", "completion": "four"},
     {"id": "t2", "source": "goal_b", "prompt": "def add", "completion": "return"},
 ]
-
-
-def _write(path, records):
-    path.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
-    return str(path)
-
-
-def _pool_records(count, seed=0):
-    rng = np.random.default_rng(seed)
-    records = []
-    for index in range(count):
-        question = " ".join(rng.choice(WORDS, size=rng.integers(2, 6)))
-        answer = " ".join(rng.choice(WORDS, size=rng.integers(1, 4)))
-        records.append({"id": f"p{index}", "source": f"task{index % 3}", "prompt": question, "completion": answer})
-    return records
 
 
 @pytest.fixture()

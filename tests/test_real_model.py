@@ -5,29 +5,13 @@ missing cache skips them; under CI (CI=true) it fails them, so CI cannot pass wi
 """
 
 import json
-import os
 
 import numpy as np
 import pytest
 import torch
 
-from idopt.errors import AssetError
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def real_model():
-    from gradients.assets import find_assets
-    from gradients.model import load_model
-
-    try:
-        find_assets()
-    except AssetError as error:
-        if os.environ.get("CI") == "true":
-            raise
-        pytest.skip(f"default assets not fetched: {error}")
-    return load_model()
 
 
 def test_real_model_loads_from_safetensors(real_model):

@@ -11,13 +11,11 @@ the Hessian-vector products quick. The gradients still flow through the whole mo
 """
 
 import copy
-import os
 
 import numpy as np
 import pytest
 import torch
 
-from idopt.errors import AssetError
 
 pytestmark = pytest.mark.slow
 
@@ -27,20 +25,6 @@ ETAS = {"sgd": np.geomspace(2e-3, 2.5e-4, 4), "adamw": np.geomspace(1e-4, 1.25e-
 ORDER3_SLOPE = 2.6
 # The first-order error is O(eta^2) plus a third-order part still visible at these etas.
 FIRST_ORDER_SLOPE = 2.5
-
-
-@pytest.fixture(scope="module")
-def real_model():
-    from gradients.assets import find_assets
-    from gradients.model import load_model
-
-    try:
-        find_assets()
-    except AssetError as error:
-        if os.environ.get("CI") == "true":
-            raise
-        pytest.skip(f"default assets not fetched: {error}")
-    return load_model()
 
 
 def _conversation(index, question, answer, source):

@@ -17,28 +17,14 @@ from gradients.tokenize import collate, tokenize_samples
 from gradients.warmup import WarmupConfig, run_warmup, schedule_factor
 from idopt.errors import AssetError, InvalidInputError
 from tests.tiny_models import tiny_model
+from tests.sample_files import pool_records as _pool_records
+from tests.sample_files import write_jsonl as _write
 from tests.tiny_tokenizer import tiny_chat_tokenizer
 
-WORDS = ["apples", "two", "four", "answer", "count", "today", "plus", "return", "def", "three"]
 TARGET = [
     {"id": "t0", "source": "goal_a", "prompt": "count apples", "completion": "three"},
     {"id": "t1", "source": "goal_b", "prompt": "two plus two", "completion": "four"},
 ]
-
-
-def _write(path, records):
-    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    return str(path)
-
-
-def _pool_records(n, seed=0):
-    rng = np.random.default_rng(seed)
-    records = []
-    for i in range(n):
-        question = " ".join(rng.choice(WORDS, size=rng.integers(2, 6)))
-        answer = " ".join(rng.choice(WORDS, size=rng.integers(1, 4)))
-        records.append({"id": f"p{i}", "source": f"task{i % 3}", "prompt": question, "completion": answer})
-    return records
 
 
 @pytest.fixture()
