@@ -3,7 +3,7 @@
 The step on the weighted pool loss is theta' - theta = -eta (a * g_w + b0) (see
 ``idopt.optimizers``): a = 1 and b0 = 0 for plain gradient descent; for Adam and AdamW, a is the
 elementwise preconditioner (1 - beta1) / ((1 - beta1^t)(sqrt(v / (1 - beta2^s)) + eps)) and b0
-holds the momentum and weight decay. Source gradients enter the problem as a * g_i, and the
+contains the momentum and weight decay. Source gradients enter the problem as a * g_i, and the
 target gradient as g_T - eta H_T b0, which needs the target curvature whenever b0 is non-zero.
 """
 
@@ -70,8 +70,8 @@ def model_step(config: SelectConfig, model, params, mask, targets, pad_token_id:
     or ``DEFAULT_SGD_LR``. With it, eta is ``config.lr`` or the state's learning rate (see
     ``OptimizerState.learning_rate`` for a schedule that ended at zero). With
     ``config.second_moment`` "uniform", Adam's next second moment takes in the mean gradient of
-    ``pool_sample`` (the landmarks, a uniform sample of the pool), see
-    ``OptimizerState.step_vectors``; "frozen" keeps v / (1 - beta2^s). Unit-norm gradients are
+    ``pool_sample`` (the landmarks, a uniform sample of the pool), as
+    ``OptimizerState.step_vectors`` describes. "frozen" keeps v / (1 - beta2^s). Unit-norm gradients are
     used only when ``config.normalize`` says so, or by default for first order without a state.
     """
     from gradients.tokenize import collate

@@ -12,9 +12,9 @@ and always loads with ``torch.load(..., weights_only=True)``, which refuses pick
 
 A torch state dict stores parameters by position, not by name. The names come from the
 ``param_names`` entry that torch 2.6 and later write when the optimizer was built from
-``model.named_parameters()``; otherwise from the order of ``model.named_parameters()`` (the
-order of ``torch.optim.AdamW(model.parameters())``); for a Trainer checkpoint, from the
-Trainer's two groups (parameters with weight decay, then those without). Every mapped
+``model.named_parameters()``. Without it they follow the order of ``model.named_parameters()``,
+which is the order of ``torch.optim.AdamW(model.parameters())``. A Trainer checkpoint follows
+the Trainer's two groups: parameters with weight decay, then those without. Every mapped
 tensor must have its parameter's shape, and the error names the first one that does not.
 """
 
@@ -121,7 +121,7 @@ class OptimizerState:
         ------
         InvalidInputError
             If the dict is not an Adam state dict, uses amsgrad or maximize, has steps that differ
-            between parameters, or does not match the model; the message names the parameter.
+            between parameters, or does not match the model. The message names the parameter.
         """
         if not isinstance(state_dict, Mapping) or "state" not in state_dict or "param_groups" not in state_dict:
             raise InvalidInputError(
@@ -245,7 +245,8 @@ class OptimizerState:
         ``override`` wins when given. Otherwise eta is the largest current lr among the
         selected parameters' groups. When every one of them is 0 (a schedule that decayed to
         zero at the end of training), eta is the largest ``initial_lr`` the scheduler recorded,
-        with a warning; without one, the call raises and asks for an explicit learning rate.
+        with a warning. Without one, the call raises InvalidInputError, whose message requests an
+        explicit learning rate.
         """
         if override is not None:
             if not (math.isfinite(override) and override > 0):
@@ -286,9 +287,9 @@ class OptimizerState:
             v' frozen at v / (1 - beta2^s)        without it.
 
         g_bar is the pool's mean gradient, the g_w of uniform weights w = 1, so the first form
-        is exact for w = 1. It matters where v is tiny: a coordinate that the warm-up barely
-        moved (a rare token's embedding row) has a frozen a of up to (1 - beta1) / eps, while
-        the real step divides by sqrt(v') and so stays near the learning rate.
+        is exact for w = 1. It matters where v is tiny. A coordinate that the warm-up barely moved
+        (a rare token's embedding row) has a frozen a of up to (1 - beta1) / eps, but the real step
+        divides by sqrt(v') and so stays near the learning rate.
         A parameter whose group lr differs from ``eta`` has its a and b0 multiplied by lr / eta,
         so that one eta serves all groups.
 
@@ -430,7 +431,7 @@ def load_optimizer_state(path: str | Path, model: torch.nn.Module) -> OptimizerS
     Raises
     ------
     InvalidInputError
-        If the path does not exist, holds no known format, or the state does not match the model
+        If the path does not exist, contains no known format, or the state does not match the model
         (the message names the first mismatched parameter).
     """
     path = Path(path)
@@ -446,7 +447,8 @@ def load_optimizer_state(path: str | Path, model: torch.nn.Module) -> OptimizerS
         state = OptimizerState.from_state_dict(state_dict, names, model=model, source=str(path / TRAINER_OPTIMIZER))
     elif path.is_dir():
         raise InvalidInputError(
-            f"{str(path)!r} holds neither {STATE_JSON} (idopt warmup) nor {TRAINER_OPTIMIZER} (a Trainer checkpoint)"
+            f"{str(path)!r} contains neither {STATE_JSON} (idopt warmup) nor {TRAINER_OPTIMIZER} (a Trainer "
+            "checkpoint); pass one of those folders or a .pt state dict file"
         )
     else:
         state = OptimizerState.from_state_dict(_torch_load(path), model=model, source=str(path))

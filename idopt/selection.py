@@ -182,9 +182,9 @@ def select_quadratic(problem, k: int, aggregate: str = "round_robin", *, method:
     Each target j's weights solve
         minimize -p_j^T w + (eta/2c) w^T Q w + (lam_j/2)||w||^2   s.t.  w >= 0, 1^T w = b
     with lam_j found by :func:`idopt.lam_search.lam_for_support` so that w has k non-zeros.
-    "mean" solves once with the row mean of p; "round_robin" lets the targets take turns as
-    in :func:`select`, each ranking the samples by its own weights (then by its p on equal
-    weights, lower index first).
+    "mean" solves once with the row mean of p. "round_robin" lets the targets take turns as in
+    :func:`select`. Each target ranks the samples by its own weights, then by its p on equal
+    weights, then by lower index.
 
     Parameters
     ----------

@@ -44,7 +44,7 @@ def test_saved_tiny_model_loads(tmp_path):
 
 
 def test_checkpoint_without_tokenizer_files(tmp_path):
-    """A Trainer-style checkpoint holds weights only; the tokenizer comes from another folder."""
+    """A Trainer-style checkpoint contains weights only, so the tokenizer comes from another folder."""
     tokenizer = tiny_chat_tokenizer()
     model = tiny_model("llama", layers=1, vocab_size=len(tokenizer))
     model.save_pretrained(tmp_path / "checkpoint-2")

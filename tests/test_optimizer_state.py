@@ -141,7 +141,7 @@ def test_missing_path_and_unknown_folder(tmp_path):
     model = tiny_model("llama", layers=1)
     with pytest.raises(InvalidInputError, match="does not exist"):
         load_optimizer_state(tmp_path / "nowhere", model)
-    with pytest.raises(InvalidInputError, match="holds neither"):
+    with pytest.raises(InvalidInputError, match="contains neither"):
         load_optimizer_state(tmp_path, model)
     (tmp_path / "junk.pt").write_bytes(b"not a torch file")
     with pytest.raises(InvalidInputError, match="weights_only=True"):
